@@ -1,0 +1,132 @@
+// One event loop on one libuv loop, with asyncio's scheduling rules:
+// a FIFO ready queue run in batches (work queued while a batch runs waits for
+// the next iteration), timers ordered by deadline then scheduling order and
+// never run early, and a lock-free inbox for other threads.
+#pragma once
+
+#include <uv.h>
+
+#include <atomic>
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <memory>
+
+#include "shardloop/ring_queue.hpp"
+#include "shardloop/timer_heap.hpp"
+#include "shardloop/work.hpp"
+
+namespace shardloop {
+
+class Inbox;
+
+class Loop {
+ public:
+  // How an embedder (the Python binding) learns when the loop blocks.
+  struct Hooks {
+    void* ctx = nullptr;
+    // Around the kernel wait, so the binding can release the GIL for exactly
+    // that long: taken back once per iteration, never once per callback.
+    void (*before_wait)(void* ctx) = nullptr;
+    void (*after_wait)(void* ctx) = nullptr;
+    // A signal was written to the wakeup fd (see signal_wakeup_fd()).
+    void (*on_signal)(void* ctx) = nullptr;
+  };
+
+  enum class Exit { stopped, aborted };
+
+  Loop();
+  ~Loop();
+  Loop(const Loop&) = delete;
+  Loop& operator=(const Loop&) = delete;
+
+  uv_loop_t* uv() noexcept { return &uv_; }
+  double time() const noexcept;
+
+  // Loop thread only.
+  void call_soon(Work work);
+  void call_soon(std::function<void()> fn) { call_soon(make_work(std::move(fn))); }
+  // `node->work` runs once `when` (a time() value) has passed. The loop does
+  // not own the node; cancel() takes it back before its deadline.
+  void schedule(TimerNode* node, double when);
+  void cancel(TimerNode* node) noexcept;
+
+  // Any thread. Returns false, leaving `work` with the caller, once the loop
+  // is closed.
+  bool call_soon_threadsafe(Work work);
+  bool call_soon_threadsafe(std::function<void()> fn);
+
+  // Runs iterations until stop() (after the iteration that saw it) or
+  // abort() (right after the callback that called it).
+  Exit run();
+  void run_once();
+  void stop() noexcept { stopping_ = true; }
+  void abort() noexcept { aborting_ = true; }
+  bool is_running() const noexcept { return running_; }
+  bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+
+  // Discards pending work (each Work's fn is called with run=false), closes
+  // every handle and the libuv loop. Throws std::logic_error while running.
+  void close();
+
+  void set_hooks(const Hooks& hooks) noexcept { hooks_ = hooks; }
+  // Libuv callbacks that may call into the embedder call this first: it
+  // ends the wait (retaking the GIL) if the loop was blocked.
+  void resume() noexcept {
+    if (waiting_) {
+      waiting_ = false;
+      if (hooks_.after_wait) hooks_.after_wait(hooks_.ctx);
+    }
+  }
+
+  // Write end of a non-blocking socketpair the loop watches; bytes written
+  // there (by a signal handler) wake the loop and call Hooks::on_signal.
+  int signal_wakeup_fd();
+
+  // Where exceptions thrown by C++ work go (default: stderr).
+  void set_error_handler(std::function<void(std::exception_ptr)> handler) {
+    error_handler_ = std::move(handler);
+  }
+  void report_error(std::exception_ptr error) noexcept;
+  // The loop running on this thread, if any.
+  static Loop* current() noexcept;
+  static void report_on_current(std::exception_ptr error) noexcept;
+
+  std::size_t ready_count() const noexcept { return ready_.size(); }
+  std::size_t timer_count() const noexcept { return timers_.size(); }
+
+ private:
+  static void on_prepare(uv_prepare_t* handle);
+  static void on_check(uv_check_t* handle);
+  static void on_async(uv_async_t* handle);
+  static void on_signal_readable(uv_poll_t* handle, int status, int events);
+
+  void arm_deadline(bool& block);
+  void expire_timers();
+  void drain_inbox();
+  void discard_pending() noexcept;
+
+  uv_loop_t uv_{};
+  uv_prepare_t prepare_{};
+  uv_check_t check_{};
+  uv_async_t async_{};
+  uv_timer_t deadline_{};
+  uv_poll_t signal_poll_{};
+  int signal_fds_[2] = {-1, -1};
+
+  RingQueue<Work> ready_;
+  TimerHeap timers_;
+  std::unique_ptr<Inbox> inbox_;
+  std::atomic<int> inbox_writers_{0};
+
+  Hooks hooks_{};
+  std::function<void(std::exception_ptr)> error_handler_;
+  bool running_ = false;
+  bool stopping_ = false;
+  bool aborting_ = false;
+  bool block_ = false;
+  bool waiting_ = false;
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace shardloop

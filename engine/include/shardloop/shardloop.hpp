@@ -1,0 +1,9 @@
+// Umbrella header of the shardloop engine.
+#pragma once
+
+#include "shardloop/clock.hpp"
+#include "shardloop/loop.hpp"
+#include "shardloop/ring_queue.hpp"
+#include "shardloop/timer_heap.hpp"
+#include "shardloop/version.hpp"
+#include "shardloop/work.hpp"

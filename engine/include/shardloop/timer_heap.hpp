@@ -1,0 +1,49 @@
+// Binary min-heap of intrusive timer nodes, ordered by deadline and then by
+// scheduling order (asyncio's rule for timers with equal deadlines).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "shardloop/work.hpp"
+
+namespace shardloop {
+
+struct TimerNode {
+  static constexpr std::size_t kNotScheduled = static_cast<std::size_t>(-1);
+  double when = 0;
+  std::uint64_t seq = 0;
+  std::size_t heap_index = kNotScheduled;
+  Work work;
+
+  bool scheduled() const noexcept { return heap_index != kNotScheduled; }
+};
+
+class TimerHeap {
+ public:
+  void push(TimerNode* node);
+  // Removes a scheduled node wherever it sits: O(log n), so cancelling never
+  // leaves dead entries behind for the loop to skip.
+  void erase(TimerNode* node) noexcept;
+  TimerNode* pop() noexcept;
+  TimerNode* top() const noexcept { return heap_.empty() ? nullptr : heap_.front(); }
+  bool empty() const noexcept { return heap_.empty(); }
+  std::size_t size() const noexcept { return heap_.size(); }
+
+ private:
+  static bool before(const TimerNode* a, const TimerNode* b) noexcept {
+    return a->when < b->when || (a->when == b->when && a->seq < b->seq);
+  }
+  void place(std::size_t i, TimerNode* node) noexcept {
+    heap_[i] = node;
+    node->heap_index = i;
+  }
+  void sift_up(std::size_t i) noexcept;
+  void sift_down(std::size_t i) noexcept;
+
+  std::vector<TimerNode*> heap_;
+  std::uint64_t next_seq_ = 0;
+};
+
+}  // namespace shardloop

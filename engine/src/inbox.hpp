@@ -1,0 +1,28 @@
+// The cross-thread inbox: moodycamel's lock-free MPMC queue, drained in bulk
+// by the loop thread only.
+#pragma once
+
+#include <concurrentqueue/concurrentqueue.h>
+
+#include "shardloop/work.hpp"
+
+namespace shardloop {
+
+class Inbox {
+ public:
+  void push(const Work& work) { queue_.enqueue(work); }
+
+  template <typename Sink>
+  void drain(Sink&& sink) {
+    Work batch[64];
+    std::size_t n;
+    while ((n = queue_.try_dequeue_bulk(batch, 64)) != 0) {
+      for (std::size_t i = 0; i < n; ++i) sink(batch[i]);
+    }
+  }
+
+ private:
+  moodycamel::ConcurrentQueue<Work> queue_;
+};
+
+}  // namespace shardloop

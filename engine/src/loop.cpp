@@ -1,0 +1,273 @@
+#include "shardloop/loop.hpp"
+
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include "inbox.hpp"
+#include "shardloop/clock.hpp"
+
+namespace shardloop {
+
+namespace {
+
+thread_local Loop* tls_current = nullptr;
+
+void check_uv(int rc, const char* what) {
+  if (rc != 0) throw std::runtime_error(std::string(what) + ": " + uv_strerror(rc));
+}
+
+void noop_timer(uv_timer_t*) {}
+
+void print_error(std::exception_ptr error) noexcept {
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shardloop: unhandled exception in callback: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "shardloop: unhandled non-standard exception in callback\n");
+  }
+}
+
+// Scoped marker of the loop running on this thread.
+struct CurrentGuard {
+  Loop* prev;
+  explicit CurrentGuard(Loop* loop) : prev(tls_current) { tls_current = loop; }
+  ~CurrentGuard() { tls_current = prev; }
+};
+
+}  // namespace
+
+Loop::Loop() : inbox_(std::make_unique<Inbox>()) {
+  check_uv(uv_loop_init(&uv_), "uv_loop_init");
+  uv_.data = this;
+  prepare_.data = check_.data = async_.data = deadline_.data = signal_poll_.data = this;
+  uv_prepare_init(&uv_, &prepare_);
+  uv_prepare_start(&prepare_, &Loop::on_prepare);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));
+  uv_check_init(&uv_, &check_);
+  uv_check_start(&check_, &Loop::on_check);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&check_));
+  uv_timer_init(&uv_, &deadline_);
+  // The async handle stays referenced: it keeps the libuv loop alive, so an
+  // iteration with nothing to do blocks like asyncio's run_forever does.
+  uv_async_init(&uv_, &async_, &Loop::on_async);
+}
+
+Loop::~Loop() {
+  try {
+    close();
+  } catch (...) {
+    report_error(std::current_exception());
+  }
+}
+
+double Loop::time() const noexcept { return monotonic_now(); }
+
+Loop* Loop::current() noexcept { return tls_current; }
+
+void Loop::report_error(std::exception_ptr error) noexcept {
+  if (error_handler_) {
+    try {
+      error_handler_(error);
+      return;
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  print_error(error);
+}
+
+void Loop::report_on_current(std::exception_ptr error) noexcept {
+  if (tls_current) {
+    tls_current->report_error(error);
+    return;
+  }
+  // Work discarded or run outside run(): no loop to ask, so say it here.
+  print_error(error);
+}
+
+void Loop::call_soon(Work work) {
+  if (is_closed()) throw std::logic_error("Event loop is closed");
+  ready_.push_back(work);
+}
+
+void Loop::schedule(TimerNode* node, double when) {
+  if (is_closed()) throw std::logic_error("Event loop is closed");
+  if (node->scheduled()) timers_.erase(node);
+  node->when = when;
+  timers_.push(node);
+}
+
+void Loop::cancel(TimerNode* node) noexcept {
+  if (node->scheduled()) timers_.erase(node);
+}
+
+bool Loop::call_soon_threadsafe(Work work) {
+  // Writers announce themselves before checking `closed_`; close() sets
+  // `closed_` and then waits for announced writers, so no push can land on
+  // a queue that close() has already drained, nor touch a closed handle.
+  inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
+  if (closed_.load(std::memory_order_seq_cst)) {
+    inbox_writers_.fetch_sub(1, std::memory_order_release);
+    return false;
+  }
+  inbox_->push(work);
+  uv_async_send(&async_);
+  inbox_writers_.fetch_sub(1, std::memory_order_release);
+  return true;
+}
+
+bool Loop::call_soon_threadsafe(std::function<void()> fn) {
+  Work work = make_work(std::move(fn));
+  if (call_soon_threadsafe(work)) return true;
+  work.discard();
+  return false;
+}
+
+Loop::Exit Loop::run() {
+  if (is_closed()) throw std::logic_error("Event loop is closed");
+  if (running_) throw std::logic_error("This event loop is already running");
+  CurrentGuard guard(this);
+  running_ = true;
+  Exit exit;
+  for (;;) {
+    run_once();
+    if (aborting_) {
+      exit = Exit::aborted;
+      break;
+    }
+    if (stopping_) {
+      exit = Exit::stopped;
+      break;
+    }
+  }
+  running_ = false;
+  stopping_ = false;
+  aborting_ = false;
+  return exit;
+}
+
+void Loop::arm_deadline(bool& block) {
+  if (timers_.empty()) {
+    uv_timer_stop(&deadline_);
+    return;
+  }
+  double delay = timers_.top()->when - monotonic_now();
+  if (delay <= 0) {
+    block = false;
+    return;
+  }
+  // Round up: waking early only costs a second wait, waking late is bounded
+  // by the 1 ms the kernel's timeout resolution allows.
+  double ms = std::ceil(delay * 1e3);
+  uint64_t timeout = ms > 1e15 ? uint64_t(1e15) : static_cast<uint64_t>(ms);
+  uv_update_time(&uv_);
+  uv_timer_start(&deadline_, &noop_timer, timeout, 0);
+}
+
+void Loop::run_once() {
+  block_ = ready_.empty() && !stopping_;
+  if (block_) arm_deadline(block_);
+  uv_run(&uv_, block_ ? UV_RUN_ONCE : UV_RUN_NOWAIT);
+  block_ = false;
+  resume();
+  drain_inbox();
+  expire_timers();
+  // Only what is queued now belongs to this iteration; callbacks scheduled
+  // while it runs wait for the next one.
+  for (std::size_t n = ready_.size(); n > 0 && !ready_.empty(); --n) {
+    ready_.pop_front().run();
+    if (aborting_) break;
+  }
+}
+
+void Loop::expire_timers() {
+  if (timers_.empty()) return;
+  const double now = monotonic_now();
+  while (TimerNode* top = timers_.top()) {
+    if (top->when > now) break;
+    timers_.pop();
+    ready_.push_back(top->work);
+  }
+}
+
+void Loop::drain_inbox() {
+  inbox_->drain([this](const Work& work) { ready_.push_back(work); });
+}
+
+void Loop::on_prepare(uv_prepare_t* handle) {
+  auto* self = static_cast<Loop*>(handle->data);
+  if (self->block_ && !self->waiting_) {
+    self->waiting_ = true;
+    if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);
+  }
+}
+
+void Loop::on_check(uv_check_t* handle) { static_cast<Loop*>(handle->data)->resume(); }
+
+void Loop::on_async(uv_async_t* handle) { static_cast<Loop*>(handle->data)->drain_inbox(); }
+
+void Loop::on_signal_readable(uv_poll_t* handle, int, int) {
+  auto* self = static_cast<Loop*>(handle->data);
+  self->resume();
+  char buf[256];
+  while (::read(self->signal_fds_[0], buf, sizeof buf) > 0) {
+  }
+  if (self->hooks_.on_signal) self->hooks_.on_signal(self->hooks_.ctx);
+}
+
+int Loop::signal_wakeup_fd() {
+  if (signal_fds_[1] >= 0) return signal_fds_[1];
+  if (is_closed()) throw std::logic_error("Event loop is closed");
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+    throw std::runtime_error("socketpair failed");
+  signal_fds_[0] = fds[0];
+  signal_fds_[1] = fds[1];
+  check_uv(uv_poll_init(&uv_, &signal_poll_, fds[0]), "uv_poll_init");
+  uv_poll_start(&signal_poll_, UV_READABLE, &Loop::on_signal_readable);
+  // Watching for signals must not keep the loop alive on its own.
+  uv_unref(reinterpret_cast<uv_handle_t*>(&signal_poll_));
+  return fds[1];
+}
+
+void Loop::discard_pending() noexcept {
+  while (!ready_.empty()) ready_.pop_front().discard();
+  while (TimerNode* node = timers_.pop()) node->work.discard();
+  inbox_->drain([](const Work& work) { work.discard(); });
+}
+
+void Loop::close() {
+  if (is_closed()) return;
+  if (running_) throw std::logic_error("Cannot close a running event loop");
+  closed_.store(true, std::memory_order_seq_cst);
+  while (inbox_writers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  // Discarded work may try to schedule more; the loop is marked closed
+  // first, so that is refused instead of queued behind the drain.
+  discard_pending();
+  // Every handle still open is the loop's own or was left by its owner;
+  // either way uv_loop_close needs them gone.
+  uv_walk(
+      &uv_,
+      [](uv_handle_t* handle, void*) {
+        if (!uv_is_closing(handle)) uv_close(handle, nullptr);
+      },
+      nullptr);
+  uv_run(&uv_, UV_RUN_DEFAULT);
+  if (signal_fds_[0] >= 0) {
+    ::close(signal_fds_[0]);
+    ::close(signal_fds_[1]);
+    signal_fds_[0] = signal_fds_[1] = -1;
+  }
+  int rc = uv_loop_close(&uv_);
+  if (rc != 0) throw std::runtime_error(std::string("uv_loop_close: ") + uv_strerror(rc));
+}
+
+}  // namespace shardloop
