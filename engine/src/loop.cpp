@@ -178,6 +178,8 @@ void Loop::run_once() {
   uv_run(&uv_, block_ ? UV_RUN_ONCE : UV_RUN_NOWAIT);
   block_ = false;
   resume();
+  // A signal hook may have aborted the run while libuv was dispatching.
+  if (aborting_) return;
   drain_inbox();
   expire_timers();
   // Only what is queued now belongs to this iteration; callbacks scheduled

@@ -1,0 +1,317 @@
+#include "handle.hpp"
+
+#include <structmember.h>
+
+#include "loop_object.hpp"
+#include "shardloop/clock.hpp"
+
+namespace shardloop::py {
+
+PyTypeObject* HandleType = nullptr;
+PyTypeObject* TimerHandleType = nullptr;
+
+namespace {
+
+void handle_clear_call(HandleObject* self) {
+  Py_CLEAR(self->callback);
+  Py_CLEAR(self->args);
+}
+
+void handle_execute(HandleObject* self) {
+  if (self->cancelled || self->callback == nullptr) return;
+  LoopObject* loop = self->loop;
+  // cancel() from inside the callback clears these; the call keeps its own.
+  PyObject* callback = Py_NewRef(self->callback);
+  PyObject* args = Py_XNewRef(self->args);
+  PyObject* const* argv = args ? &PyTuple_GET_ITEM(args, 0) : nullptr;
+  Py_ssize_t nargs = args ? PyTuple_GET_SIZE(args) : 0;
+  const double start = loop->debug ? monotonic_now() : 0.0;
+
+  PyObject* result = nullptr;
+  if (PyContext_Enter(self->context) == 0) {
+    result = PyObject_Vectorcall(callback, argv, nargs, nullptr);
+    PyObject* exc = result ? nullptr : fetch_exception();
+    PyContext_Exit(self->context);
+    if (exc) restore_exception(exc);
+  }
+  Py_DECREF(callback);
+  Py_XDECREF(args);
+  if (result) {
+    Py_DECREF(result);
+  } else if (exception_must_propagate()) {
+    loop_abort_with_exception(loop);
+    return;
+  } else {
+    loop_report_callback_error(loop, self);
+  }
+  if (loop->debug) {
+    double elapsed = monotonic_now() - start;
+    if (elapsed >= loop->slow_callback_duration) loop_log_slow_callback(loop, self, elapsed);
+  }
+}
+
+void run_handle_work(void* ctx, bool run) noexcept {
+  auto* self = static_cast<HandleObject*>(ctx);
+  if (run) handle_execute(self);
+  Py_DECREF(self);
+}
+
+int handle_traverse(HandleObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(self->loop);
+  Py_VISIT(self->callback);
+  Py_VISIT(self->args);
+  Py_VISIT(self->context);
+  Py_VISIT(self->source_traceback);
+  Py_VISIT(self->repr);
+  return 0;
+}
+
+int handle_clear(HandleObject* self) {
+  // The loop stays: a queued handle may still be run or discarded by it.
+  handle_clear_call(self);
+  Py_CLEAR(self->context);
+  Py_CLEAR(self->source_traceback);
+  Py_CLEAR(self->repr);
+  return 0;
+}
+
+void handle_dealloc(HandleObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (self->weakreflist) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
+  handle_clear(self);
+  Py_CLEAR(self->loop);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyObject* handle_repr(HandleObject* self) {
+  if (self->repr) return Py_NewRef(self->repr);
+  return PyObject_CallMethod(reinterpret_cast<PyObject*>(self->loop), "_handle_repr", "O", self);
+}
+
+PyObject* handle_cancel(HandleObject* self, PyObject*) {
+  if (self->cancelled) Py_RETURN_NONE;
+  self->cancelled = true;
+  if (self->loop->debug && self->repr == nullptr) {
+    // Keep what it was for the repr: the callback is about to be dropped.
+    self->repr = handle_repr(self);
+    if (self->repr == nullptr) return nullptr;
+  }
+  if (Py_IS_TYPE(self, TimerHandleType) || PyObject_TypeCheck(self, TimerHandleType)) {
+    auto* timer = reinterpret_cast<TimerHandleObject*>(self);
+    if (timer->node.scheduled()) {
+      self->loop->engine->cancel(&timer->node);
+      Py_DECREF(self);  // the timer heap's reference; the caller still holds one
+    }
+  }
+  handle_clear_call(self);
+  Py_RETURN_NONE;
+}
+
+PyObject* handle_cancelled(HandleObject* self, PyObject*) { return PyBool_FromLong(self->cancelled); }
+
+PyObject* handle_get_context(HandleObject* self, PyObject*) { return Py_NewRef(self->context); }
+
+PyObject* handle_run(HandleObject* self, PyObject*) {
+  handle_execute(self);
+  if (self->loop->pending_exception) {
+    PyObject* exc = self->loop->pending_exception;
+    self->loop->pending_exception = nullptr;
+    restore_exception(exc);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* get_args(HandleObject* self, void*) {
+  if (self->args) return Py_NewRef(self->args);
+  if (self->callback == nullptr) Py_RETURN_NONE;
+  return PyTuple_New(0);
+}
+
+PyObject* get_callback(HandleObject* self, void*) {
+  return Py_NewRef(self->callback ? self->callback : Py_None);
+}
+
+PyObject* get_source_traceback(HandleObject* self, void*) {
+  return Py_NewRef(self->source_traceback ? self->source_traceback : Py_None);
+}
+
+PyMethodDef handle_methods[] = {
+    {"cancel", reinterpret_cast<PyCFunction>(handle_cancel), METH_NOARGS, nullptr},
+    {"cancelled", reinterpret_cast<PyCFunction>(handle_cancelled), METH_NOARGS, nullptr},
+    {"get_context", reinterpret_cast<PyCFunction>(handle_get_context), METH_NOARGS, nullptr},
+    {"_run", reinterpret_cast<PyCFunction>(handle_run), METH_NOARGS, nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyMemberDef handle_members[] = {
+    {"_loop", T_OBJECT, offsetof(HandleObject, loop), READONLY, nullptr},
+    {"_context", T_OBJECT, offsetof(HandleObject, context), READONLY, nullptr},
+    {"_cancelled", T_BOOL, offsetof(HandleObject, cancelled), READONLY, nullptr},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(HandleObject, weakreflist), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
+PyGetSetDef handle_getset[] = {
+    {"_callback", reinterpret_cast<getter>(get_callback), nullptr, nullptr, nullptr},
+    {"_args", reinterpret_cast<getter>(get_args), nullptr, nullptr, nullptr},
+    {"_source_traceback", reinterpret_cast<getter>(get_source_traceback), nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyType_Slot handle_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(handle_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(handle_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(handle_clear)},
+    {Py_tp_repr, reinterpret_cast<void*>(handle_repr)},
+    {Py_tp_methods, handle_methods},
+    {Py_tp_members, handle_members},
+    {Py_tp_getset, handle_getset},
+    {Py_tp_doc, const_cast<char*>("Object returned by callback registration methods.")},
+    {0, nullptr},
+};
+
+PyType_Spec handle_spec = {
+    "shardloop._core.Handle", sizeof(HandleObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, handle_slots,
+};
+
+// --- TimerHandle -----------------------------------------------------------
+
+double when_of(PyObject* self) { return reinterpret_cast<TimerHandleObject*>(self)->node.when; }
+
+PyObject* timer_when(PyObject* self, PyObject*) { return PyFloat_FromDouble(when_of(self)); }
+
+PyObject* timer_get_scheduled(PyObject* self, void*) {
+  return PyBool_FromLong(reinterpret_cast<TimerHandleObject*>(self)->node.scheduled());
+}
+
+PyObject* timer_richcompare(PyObject* self, PyObject* other, int op) {
+  if (!PyObject_TypeCheck(other, TimerHandleType)) Py_RETURN_NOTIMPLEMENTED;
+  double a = when_of(self), b = when_of(other);
+  if (op == Py_EQ || op == Py_NE) {
+    auto* x = reinterpret_cast<HandleObject*>(self);
+    auto* y = reinterpret_cast<HandleObject*>(other);
+    bool eq = self == other;
+    if (!eq && a == b && x->cancelled == y->cancelled && x->callback == y->callback) {
+      int r = PyObject_RichCompareBool(x->args ? x->args : Py_None, y->args ? y->args : Py_None, Py_EQ);
+      if (r < 0) return nullptr;
+      eq = r;
+    }
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+  }
+  Py_RETURN_RICHCOMPARE(a, b, op);
+}
+
+Py_hash_t timer_hash(PyObject* self) {
+  PyObject* when = PyFloat_FromDouble(when_of(self));
+  if (when == nullptr) return -1;
+  Py_hash_t h = PyObject_Hash(when);
+  Py_DECREF(when);
+  return h;
+}
+
+PyMethodDef timer_methods[] = {
+    {"when", timer_when, METH_NOARGS, nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef timer_getset[] = {
+    {"_scheduled", timer_get_scheduled, nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyMemberDef timer_members[] = {
+    {"_when", T_DOUBLE, offsetof(TimerHandleObject, node) + offsetof(TimerNode, when), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr},
+};
+
+PyType_Slot timer_slots[] = {
+    {Py_tp_traverse, reinterpret_cast<void*>(handle_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(handle_clear)},
+    {Py_tp_richcompare, reinterpret_cast<void*>(timer_richcompare)},
+    {Py_tp_hash, reinterpret_cast<void*>(timer_hash)},
+    {Py_tp_methods, timer_methods},
+    {Py_tp_getset, timer_getset},
+    {Py_tp_members, timer_members},
+    {Py_tp_doc, const_cast<char*>("Object returned by timed callback registration methods.")},
+    {0, nullptr},
+};
+
+PyType_Spec timer_spec = {
+    "shardloop._core.TimerHandle", sizeof(TimerHandleObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, timer_slots,
+};
+
+}  // namespace
+
+HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObject* const* args,
+                         Py_ssize_t nargs, PyObject* context) {
+  PyObject* ctx;
+  if (context == nullptr || context == Py_None) {
+    ctx = PyContext_CopyCurrent();
+    if (ctx == nullptr) return nullptr;
+  } else if (PyContext_CheckExact(context)) {
+    ctx = Py_NewRef(context);
+  } else {
+    PyErr_Format(PyExc_TypeError, "an instance of Context was expected, got %.200s",
+                 Py_TYPE(context)->tp_name);
+    return nullptr;
+  }
+  PyObject* tuple = nullptr;
+  if (nargs > 0) {
+    tuple = PyTuple_New(nargs);
+    if (tuple == nullptr) {
+      Py_DECREF(ctx);
+      return nullptr;
+    }
+    for (Py_ssize_t i = 0; i < nargs; ++i) PyTuple_SET_ITEM(tuple, i, Py_NewRef(args[i]));
+  }
+  HandleObject* self;
+  if (timer) {
+    auto* t = PyObject_GC_New(TimerHandleObject, TimerHandleType);
+    if (t) new (&t->node) TimerNode();
+    self = reinterpret_cast<HandleObject*>(t);
+  } else {
+    self = PyObject_GC_New(HandleObject, HandleType);
+  }
+  if (self == nullptr) {
+    Py_DECREF(ctx);
+    Py_XDECREF(tuple);
+    return nullptr;
+  }
+  self->loop = reinterpret_cast<LoopObject*>(Py_NewRef(reinterpret_cast<PyObject*>(loop)));
+  self->callback = Py_NewRef(callback);
+  self->args = tuple;
+  self->context = ctx;
+  self->source_traceback = nullptr;
+  self->repr = nullptr;
+  self->weakreflist = nullptr;
+  self->cancelled = false;
+  if (loop->debug) {
+    self->source_traceback = PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_extract_stack", nullptr);
+    if (self->source_traceback == nullptr) {
+      Py_DECREF(self);
+      return nullptr;
+    }
+  }
+  PyObject_GC_Track(self);
+  return self;
+}
+
+Work handle_work(HandleObject* handle) { return Work{&run_handle_work, handle}; }
+
+int init_handle_types(PyObject* module) {
+  HandleType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &handle_spec, nullptr));
+  if (HandleType == nullptr) return -1;
+  TimerHandleType = reinterpret_cast<PyTypeObject*>(
+      PyType_FromModuleAndSpec(module, &timer_spec, reinterpret_cast<PyObject*>(HandleType)));
+  if (TimerHandleType == nullptr) return -1;
+  if (PyModule_AddObjectRef(module, "Handle", reinterpret_cast<PyObject*>(HandleType)) < 0) return -1;
+  return PyModule_AddObjectRef(module, "TimerHandle", reinterpret_cast<PyObject*>(TimerHandleType));
+}
+
+}  // namespace shardloop::py

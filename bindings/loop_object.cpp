@@ -1,0 +1,417 @@
+#include "loop_object.hpp"
+
+#include <structmember.h>
+
+#include <exception>
+#include <new>
+
+#include "handle.hpp"
+#include "shardloop/clock.hpp"
+
+namespace shardloop::py {
+
+PyTypeObject* LoopType = nullptr;
+
+namespace {
+
+// --- engine hooks: the GIL is released only while the loop waits ---------
+
+void release_gil(void* ctx) {
+  auto* self = static_cast<LoopObject*>(ctx);
+  self->waiting_tstate = PyEval_SaveThread();
+}
+
+void reacquire_gil(void* ctx) {
+  auto* self = static_cast<LoopObject*>(ctx);
+  PyEval_RestoreThread(self->waiting_tstate);
+  self->waiting_tstate = nullptr;
+}
+
+void check_signals(void* ctx) {
+  // Runs the Python-level handlers; the default SIGINT one raises
+  // KeyboardInterrupt, which ends run_forever like asyncio's loop.
+  if (PyErr_CheckSignals() < 0) loop_abort_with_exception(static_cast<LoopObject*>(ctx));
+}
+
+// --- argument checks shared by the call_* methods --------------------------
+
+bool check_open(LoopObject* self) {
+  if (self->engine->is_closed()) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return false;
+  }
+  return true;
+}
+
+bool check_thread(LoopObject* self) {
+  if (self->thread_id == 0 || self->thread_id == PyThread_get_thread_ident()) return true;
+  PyErr_SetString(PyExc_RuntimeError,
+                  "Non-thread-safe operation invoked on an event loop other than the current one");
+  return false;
+}
+
+bool is_coroutine_function(PyObject* fn) {
+  if (PyMethod_Check(fn)) fn = PyMethod_GET_FUNCTION(fn);
+  if (!PyFunction_Check(fn)) return false;
+  auto* code = reinterpret_cast<PyCodeObject*>(PyFunction_GET_CODE(fn));
+  return (code->co_flags & CO_COROUTINE) != 0;
+}
+
+// asyncio checks these only in debug mode; shardloop always does, since a
+// non-callable can only fail later, far from the call that queued it.
+bool check_callback(PyObject* callback, const char* method) {
+  if (PyCoro_CheckExact(callback) || is_coroutine_function(callback)) {
+    PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
+    return false;
+  }
+  if (!PyCallable_Check(callback)) {
+    PyErr_Format(PyExc_TypeError, "a callable object was expected by %s(), got %R", method, callback);
+    return false;
+  }
+  return true;
+}
+
+// Parses the vectorcall tail `callback, *args, context=None` after `skip`
+// leading positional parameters.
+bool parse_call(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames, Py_ssize_t skip,
+                const char* method, const char* first_param, PyObject** context) {
+  *context = nullptr;
+  if (kwnames) {
+    Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; ++i) {
+      PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+      if (!PyUnicode_Check(key) || PyUnicode_CompareWithASCIIString(key, "context") != 0) {
+        PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%S'", method, key);
+        return false;
+      }
+      *context = args[nargs + i];
+    }
+  }
+  if (nargs < skip + 1) {
+    PyErr_Format(PyExc_TypeError, "%s() missing required positional argument: '%s'", method,
+                 nargs < skip ? first_param : "callback");
+    return false;
+  }
+  return true;
+}
+
+PyObject* schedule_soon(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* context,
+                        bool threadsafe, const char* method) {
+  if (!check_open(self)) return nullptr;
+  if (self->debug && !threadsafe && !check_thread(self)) return nullptr;
+  if (!check_callback(args[0], method)) return nullptr;
+  HandleObject* handle = handle_new(self, false, args[0], args + 1, nargs - 1, context);
+  if (handle == nullptr) return nullptr;
+  Work work = handle_work(reinterpret_cast<HandleObject*>(Py_NewRef(handle)));
+  try {
+    if (threadsafe) {
+      if (!self->engine->call_soon_threadsafe(work)) {
+        Py_DECREF(handle);  // the queue's reference, never taken
+        Py_DECREF(handle);
+        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+        return nullptr;
+      }
+    } else {
+      self->engine->call_soon(work);
+    }
+  } catch (const std::bad_alloc&) {
+    Py_DECREF(handle);
+    Py_DECREF(handle);
+    return PyErr_NoMemory();
+  }
+  return reinterpret_cast<PyObject*>(handle);
+}
+
+PyObject* schedule_at(LoopObject* self, double when, PyObject* const* args, Py_ssize_t nargs,
+                      PyObject* context, const char* method) {
+  if (!check_open(self)) return nullptr;
+  if (self->debug && !check_thread(self)) return nullptr;
+  if (!check_callback(args[0], method)) return nullptr;
+  HandleObject* handle = handle_new(self, true, args[0], args + 1, nargs - 1, context);
+  if (handle == nullptr) return nullptr;
+  auto* timer = reinterpret_cast<TimerHandleObject*>(handle);
+  timer->node.work = handle_work(handle);
+  try {
+    self->engine->schedule(&timer->node, when);
+  } catch (const std::bad_alloc&) {
+    Py_DECREF(handle);
+    return PyErr_NoMemory();
+  }
+  Py_INCREF(handle);  // the timer heap's reference
+  return reinterpret_cast<PyObject*>(handle);
+}
+
+// --- methods ---------------------------------------------------------------
+
+PyObject* loop_call_soon(LoopObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* context;
+  if (!parse_call(args, nargs, kwnames, 0, "call_soon", "callback", &context)) return nullptr;
+  return schedule_soon(self, args, nargs, context, false, "call_soon");
+}
+
+PyObject* loop_call_soon_threadsafe(LoopObject* self, PyObject* const* args, size_t nargsf,
+                                    PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* context;
+  if (!parse_call(args, nargs, kwnames, 0, "call_soon_threadsafe", "callback", &context)) return nullptr;
+  return schedule_soon(self, args, nargs, context, true, "call_soon_threadsafe");
+}
+
+bool to_seconds(PyObject* value, const char* none_message, double* out) {
+  if (value == Py_None) {
+    PyErr_SetString(PyExc_TypeError, none_message);
+    return false;
+  }
+  *out = PyFloat_AsDouble(value);
+  return !(*out == -1.0 && PyErr_Occurred());
+}
+
+PyObject* loop_call_later(LoopObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* context;
+  if (!parse_call(args, nargs, kwnames, 1, "call_later", "delay", &context)) return nullptr;
+  double delay;
+  if (!to_seconds(args[0], "delay must not be None", &delay)) return nullptr;
+  return schedule_at(self, monotonic_now() + delay, args + 1, nargs - 1, context, "call_later");
+}
+
+PyObject* loop_call_at(LoopObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* context;
+  if (!parse_call(args, nargs, kwnames, 1, "call_at", "when", &context)) return nullptr;
+  double when;
+  if (!to_seconds(args[0], "when cannot be None", &when)) return nullptr;
+  return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
+}
+
+PyObject* loop_time(LoopObject*, PyObject*) { return PyFloat_FromDouble(monotonic_now()); }
+
+PyObject* loop_stop(LoopObject* self, PyObject*) {
+  self->engine->stop();
+  Py_RETURN_NONE;
+}
+
+PyObject* loop_is_running(LoopObject* self, PyObject*) { return PyBool_FromLong(self->engine->is_running()); }
+
+PyObject* loop_is_closed(LoopObject* self, PyObject*) { return PyBool_FromLong(self->engine->is_closed()); }
+
+PyObject* loop_get_debug(LoopObject* self, PyObject*) { return PyBool_FromLong(self->debug); }
+
+PyObject* loop_set_debug(LoopObject* self, PyObject* enabled) {
+  int flag = PyObject_IsTrue(enabled);
+  if (flag < 0) return nullptr;
+  self->debug = flag;
+  Py_RETURN_NONE;
+}
+
+// The native core of run_forever(); the Python subclass sets up the rest.
+PyObject* loop_run(LoopObject* self, PyObject*) {
+  if (!check_open(self)) return nullptr;
+  if (self->engine->is_running()) {
+    PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
+    return nullptr;
+  }
+  try {
+    self->engine->run();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  if (self->pending_exception) {
+    PyObject* exc = self->pending_exception;
+    self->pending_exception = nullptr;
+    restore_exception(exc);
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* loop_close_native(LoopObject* self, PyObject*) {
+  if (self->engine->is_running()) {
+    PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
+    return nullptr;
+  }
+  try {
+    self->engine->close();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* loop_signal_wakeup_fd(LoopObject* self, PyObject*) {
+  try {
+    return PyLong_FromLong(self->engine->signal_wakeup_fd());
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+PyObject* loop_pending_counts(LoopObject* self, PyObject*) {
+  return Py_BuildValue("nn", static_cast<Py_ssize_t>(self->engine->ready_count()),
+                       static_cast<Py_ssize_t>(self->engine->timer_count()));
+}
+
+PyObject* get_thread_id(LoopObject* self, void*) {
+  if (self->thread_id == 0) Py_RETURN_NONE;
+  return PyLong_FromUnsignedLong(self->thread_id);
+}
+
+int set_thread_id(LoopObject* self, PyObject* value, void*) {
+  if (value == nullptr || value == Py_None) {
+    self->thread_id = 0;
+    return 0;
+  }
+  unsigned long id = PyLong_AsUnsignedLong(value);
+  if (id == static_cast<unsigned long>(-1) && PyErr_Occurred()) return -1;
+  self->thread_id = id;
+  return 0;
+}
+
+PyObject* get_slow_callback_duration(LoopObject* self, void*) {
+  return PyFloat_FromDouble(self->slow_callback_duration);
+}
+
+int set_slow_callback_duration(LoopObject* self, PyObject* value, void*) {
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "slow_callback_duration cannot be deleted");
+    return -1;
+  }
+  double seconds = PyFloat_AsDouble(value);
+  if (seconds == -1.0 && PyErr_Occurred()) return -1;
+  self->slow_callback_duration = seconds;
+  return 0;
+}
+
+#define FASTCALL_KW(fn) reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(fn)), METH_FASTCALL | METH_KEYWORDS
+
+PyMethodDef loop_methods[] = {
+    {"call_soon", FASTCALL_KW(loop_call_soon), nullptr},
+    {"call_soon_threadsafe", FASTCALL_KW(loop_call_soon_threadsafe), nullptr},
+    {"call_later", FASTCALL_KW(loop_call_later), nullptr},
+    {"call_at", FASTCALL_KW(loop_call_at), nullptr},
+    {"time", reinterpret_cast<PyCFunction>(loop_time), METH_NOARGS, nullptr},
+    {"stop", reinterpret_cast<PyCFunction>(loop_stop), METH_NOARGS, nullptr},
+    {"is_running", reinterpret_cast<PyCFunction>(loop_is_running), METH_NOARGS, nullptr},
+    {"is_closed", reinterpret_cast<PyCFunction>(loop_is_closed), METH_NOARGS, nullptr},
+    {"get_debug", reinterpret_cast<PyCFunction>(loop_get_debug), METH_NOARGS, nullptr},
+    {"set_debug", reinterpret_cast<PyCFunction>(loop_set_debug), METH_O, nullptr},
+    {"_run", reinterpret_cast<PyCFunction>(loop_run), METH_NOARGS, nullptr},
+    {"_close_native", reinterpret_cast<PyCFunction>(loop_close_native), METH_NOARGS, nullptr},
+    {"_signal_wakeup_fd", reinterpret_cast<PyCFunction>(loop_signal_wakeup_fd), METH_NOARGS, nullptr},
+    {"_pending_counts", reinterpret_cast<PyCFunction>(loop_pending_counts), METH_NOARGS, nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef loop_getset[] = {
+    {"_thread_id", reinterpret_cast<getter>(get_thread_id), reinterpret_cast<setter>(set_thread_id), nullptr, nullptr},
+    {"slow_callback_duration", reinterpret_cast<getter>(get_slow_callback_duration),
+     reinterpret_cast<setter>(set_slow_callback_duration), nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
+  auto* self = reinterpret_cast<LoopObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->slow_callback_duration = 0.1;
+  try {
+    self->engine = new Loop();
+  } catch (const std::exception& e) {
+    Py_DECREF(self);
+    PyErr_SetString(PyExc_OSError, e.what());
+    return nullptr;
+  }
+  self->engine->set_hooks(Loop::Hooks{self, &release_gil, &reacquire_gil, &check_signals});
+  return reinterpret_cast<PyObject*>(self);
+}
+
+int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(self->pending_exception);
+  return 0;
+}
+
+int loop_clear(LoopObject* self) {
+  Py_CLEAR(self->pending_exception);
+  return 0;
+}
+
+void loop_dealloc(LoopObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (self->engine) {
+    // Discarding queued handles may run arbitrary finalizers.
+    if (self->engine->is_running()) {
+      PyErr_WarnEx(PyExc_RuntimeWarning, "shardloop: deallocating a running loop", 1);
+    }
+    delete self->engine;
+    self->engine = nullptr;
+  }
+  loop_clear(self);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyType_Slot loop_slots[] = {
+    {Py_tp_new, reinterpret_cast<void*>(loop_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(loop_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(loop_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(loop_clear)},
+    {Py_tp_methods, loop_methods},
+    {Py_tp_getset, loop_getset},
+    {Py_tp_doc, const_cast<char*>("Native core of shardloop.Loop (libuv).")},
+    {0, nullptr},
+};
+
+PyType_Spec loop_spec = {
+    "shardloop._core.Loop", sizeof(LoopObject), 0,
+    Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE, loop_slots,
+};
+
+}  // namespace
+
+void loop_abort_with_exception(LoopObject* loop) {
+  PyObject* exc = fetch_exception();
+  Py_XSETREF(loop->pending_exception, exc);
+  loop->engine->abort();
+}
+
+namespace {
+
+// Python-side hooks may fail too; what they raise is handled like what a
+// callback raises, except that it cannot go to the exception handler again.
+void finish_hook_call(LoopObject* loop, PyObject* result, HandleObject* handle) {
+  if (result) {
+    Py_DECREF(result);
+  } else if (exception_must_propagate()) {
+    loop_abort_with_exception(loop);
+  } else {
+    PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(handle));
+  }
+}
+
+}  // namespace
+
+void loop_report_callback_error(LoopObject* loop, HandleObject* handle) {
+  PyObject* exc = fetch_exception();
+  PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_callback_error", "OO", handle, exc);
+  Py_DECREF(exc);
+  finish_hook_call(loop, r, handle);
+}
+
+void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds) {
+  finish_hook_call(
+      loop, PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_log_slow_callback", "Od", handle, seconds),
+      handle);
+}
+
+int init_loop_type(PyObject* module) {
+  LoopType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &loop_spec, nullptr));
+  if (LoopType == nullptr) return -1;
+  return PyModule_AddObjectRef(module, "Loop", reinterpret_cast<PyObject*>(LoopType));
+}
+
+}  // namespace shardloop::py

@@ -1,0 +1,33 @@
+// shardloop._core.Loop: the native base of shardloop.Loop.
+#pragma once
+
+#include "common.hpp"
+#include "shardloop/loop.hpp"
+
+namespace shardloop::py {
+
+struct HandleObject;
+
+struct LoopObject {
+  PyObject_HEAD
+  Loop* engine;
+  PyObject* pending_exception;  // KeyboardInterrupt/SystemExit leaving _run()
+  PyThreadState* waiting_tstate;
+  unsigned long thread_id;      // owner thread while running, else 0
+  double slow_callback_duration;
+  bool debug;
+};
+
+extern PyTypeObject* LoopType;
+
+int init_loop_type(PyObject* module);
+
+// Stops the current run with the exception being raised (it must be one that
+// propagates out of run_forever).
+void loop_abort_with_exception(LoopObject* loop);
+// Hands the exception being raised to loop.call_exception_handler.
+void loop_report_callback_error(LoopObject* loop, HandleObject* handle);
+// Debug mode: logs a callback slower than slow_callback_duration.
+void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds);
+
+}  // namespace shardloop::py

@@ -1,0 +1,34 @@
+// shardloop._core: the native loop types are raw CPython types (their
+// methods are on every callback's path); pybind11 carries the module and
+// the cold functions. perf/micro.py measures the call cost that motivates this.
+#include <pybind11/pybind11.h>
+
+#include "handle.hpp"
+#include "loop_object.hpp"
+#include "shardloop/version.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+PyObject* raw_noop(PyObject*, PyObject* const*, Py_ssize_t) { Py_RETURN_NONE; }
+
+PyMethodDef raw_functions[] = {
+    {"_raw_noop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(raw_noop)), METH_FASTCALL,
+     "No-op through CPython's vectorcall, for call-cost measurements."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
+  m.doc() = "Native core of shardloop: an asyncio event loop on libuv.";
+  if (shardloop::py::init_handle_types(m.ptr()) < 0 || shardloop::py::init_loop_type(m.ptr()) < 0 ||
+      PyModule_AddFunctions(m.ptr(), raw_functions) < 0) {
+    throw py::error_already_set();
+  }
+  m.attr("engine_version") = shardloop::kVersion;
+  m.def("libuv_version", [] { return std::string(uv_version_string()); },
+        "Version of the libuv the engine runs on.");
+  m.def("_pybind_noop", [](py::object) {}, "No-op through pybind11, for call-cost measurements.");
+}

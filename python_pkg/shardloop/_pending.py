@@ -1,0 +1,42 @@
+"""AbstractEventLoop methods that later shardloop issues deliver: until then
+they raise NotImplementedError saying which part of the work they belong to."""
+
+from __future__ import annotations
+
+import inspect
+from asyncio import AbstractEventLoop
+from typing import Any
+
+_AREAS = {
+    "networking (TCP, Unix, UDP, pipes, sock_*, sendfile)": (
+        "create_connection", "create_server", "sendfile", "create_unix_connection",
+        "create_unix_server", "connect_accepted_socket", "create_datagram_endpoint",
+        "connect_read_pipe", "connect_write_pipe", "sock_recv", "sock_recv_into",
+        "sock_recvfrom", "sock_recvfrom_into", "sock_sendall", "sock_sendto", "sock_connect",
+        "sock_accept", "sock_sendfile", "add_reader", "remove_reader", "add_writer",
+        "remove_writer",
+    ),
+    "TLS, subprocesses and signals": (
+        "start_tls", "subprocess_exec", "subprocess_shell", "add_signal_handler",
+        "remove_signal_handler",
+    ),
+}
+
+
+def _pending(name: str, area: str) -> Any:
+    message = f"shardloop does not implement loop.{name}() yet: it is part of the {area} work"
+    if inspect.iscoroutinefunction(getattr(AbstractEventLoop, name, None)):
+        async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError(message)
+    else:
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            raise NotImplementedError(message)
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+def install_pending_methods(cls: type) -> None:
+    for area, names in _AREAS.items():
+        for name in names:
+            if name not in cls.__dict__:
+                setattr(cls, name, _pending(name, area))
