@@ -12,6 +12,44 @@ PyTypeObject* TimerHandleType = nullptr;
 
 namespace {
 
+// Handles are allocated and freed once per callback; recycling them skips
+// the allocator and the GC's allocation count (which triggers collections).
+// With the GIL disabled a global list would need a lock, and under ASan it
+// would hide use-after-free, so it is off there.
+#if !defined(Py_GIL_DISABLED) && !defined(__SANITIZE_ADDRESS__)
+#define SHARDLOOP_FREELIST 1
+#endif
+template <typename T>
+struct FreeList {
+  static constexpr int kMax = 256;
+  T* items[kMax];
+  int size = 0;
+
+  T* take(PyTypeObject* type) {
+#ifdef SHARDLOOP_FREELIST
+    if (size > 0) {
+      T* obj = items[--size];
+      PyObject_Init(reinterpret_cast<PyObject*>(obj), type);
+      return obj;
+    }
+#endif
+    return PyObject_GC_New(T, type);
+  }
+
+  bool give(T* obj) {
+#ifdef SHARDLOOP_FREELIST
+    if (size < kMax) {
+      items[size++] = obj;
+      return true;
+    }
+#endif
+    (void)obj;
+    return false;
+  }
+};
+FreeList<HandleObject> handle_freelist;
+FreeList<TimerHandleObject> timer_freelist;
+
 void handle_clear_call(HandleObject* self) {
   Py_CLEAR(self->callback);
   Py_CLEAR(self->args);
@@ -82,7 +120,13 @@ void handle_dealloc(HandleObject* self) {
   if (self->weakreflist) PyObject_ClearWeakRefs(reinterpret_cast<PyObject*>(self));
   handle_clear(self);
   Py_CLEAR(self->loop);
-  type->tp_free(self);
+  bool kept = false;
+  if (type == HandleType) {
+    kept = handle_freelist.give(self);
+  } else if (type == TimerHandleType) {
+    kept = timer_freelist.give(reinterpret_cast<TimerHandleObject*>(self));
+  }
+  if (!kept) type->tp_free(self);
   Py_DECREF(type);
 }
 
@@ -272,11 +316,11 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
   }
   HandleObject* self;
   if (timer) {
-    auto* t = PyObject_GC_New(TimerHandleObject, TimerHandleType);
+    auto* t = timer_freelist.take(TimerHandleType);
     if (t) new (&t->node) TimerNode();
     self = reinterpret_cast<HandleObject*>(t);
   } else {
-    self = PyObject_GC_New(HandleObject, HandleType);
+    self = handle_freelist.take(HandleType);
   }
   if (self == nullptr) {
     Py_DECREF(ctx);

@@ -14,6 +14,10 @@ PyTypeObject* LoopType = nullptr;
 
 namespace {
 
+// asyncio's Future and Task classes, handed over by the Python package.
+PyObject* future_type = nullptr;
+PyObject* task_type = nullptr;
+
 // --- engine hooks: the GIL is released only while the loop waits ---------
 
 void release_gil(void* ctx) {
@@ -185,6 +189,65 @@ PyObject* loop_call_at(LoopObject* self, PyObject* const* args, size_t nargsf, P
   return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
 }
 
+PyObject* loop_create_future(LoopObject* self, PyObject*) {
+  static PyObject* kwnames = Py_BuildValue("(s)", "loop");
+  PyObject* args[] = {reinterpret_cast<PyObject*>(self)};
+  return PyObject_Vectorcall(future_type, args, 0, kwnames);
+}
+
+// The common case (no task factory, no debug bookkeeping) natively; the
+// rest in Python's _create_task_slow.
+PyObject* loop_create_task(LoopObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  if (nargs != 1) {
+    PyErr_Format(PyExc_TypeError, "create_task() takes 1 positional argument but %zd were given", nargs);
+    return nullptr;
+  }
+  PyObject* name = Py_None;
+  PyObject* context = Py_None;
+  Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+  for (Py_ssize_t i = 0; i < nkw; ++i) {
+    PyObject* key = PyTuple_GET_ITEM(kwnames, i);
+    if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "name") == 0) {
+      name = args[1 + i];
+    } else if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "context") == 0) {
+      context = args[1 + i];
+    } else {
+      PyErr_Format(PyExc_TypeError, "create_task() got an unexpected keyword argument '%S'", key);
+      return nullptr;
+    }
+  }
+  if (self->task_factory || self->debug || task_type == nullptr) {
+    return PyObject_CallMethod(reinterpret_cast<PyObject*>(self), "_create_task_slow", "OOO", args[0], name,
+                               context);
+  }
+  if (!check_open(self)) return nullptr;
+  static PyObject* kw_loop = Py_BuildValue("(s)", "loop");
+  static PyObject* kw_loop_name = Py_BuildValue("(ss)", "loop", "name");
+  static PyObject* kw_loop_context = Py_BuildValue("(ss)", "loop", "context");
+  static PyObject* kw_all = Py_BuildValue("(sss)", "loop", "name", "context");
+  PyObject* call_args[4] = {args[0], reinterpret_cast<PyObject*>(self), name, context};
+  PyObject* names = kw_loop;
+  if (name != Py_None && context != Py_None) {
+    names = kw_all;
+  } else if (name != Py_None) {
+    names = kw_loop_name;
+  } else if (context != Py_None) {
+    names = kw_loop_context;
+    call_args[2] = context;
+  }
+  return PyObject_Vectorcall(task_type, call_args, 1, names);
+}
+
+PyObject* get_task_factory(LoopObject* self, void*) {
+  return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+}
+
+int set_task_factory(LoopObject* self, PyObject* value, void*) {
+  Py_XSETREF(self->task_factory, value == nullptr || value == Py_None ? nullptr : Py_NewRef(value));
+  return 0;
+}
+
 PyObject* loop_time(LoopObject*, PyObject*) { return PyFloat_FromDouble(monotonic_now()); }
 
 PyObject* loop_stop(LoopObject* self, PyObject*) {
@@ -294,6 +357,8 @@ PyMethodDef loop_methods[] = {
     {"call_later", FASTCALL_KW(loop_call_later), nullptr},
     {"call_at", FASTCALL_KW(loop_call_at), nullptr},
     {"time", reinterpret_cast<PyCFunction>(loop_time), METH_NOARGS, nullptr},
+    {"create_future", reinterpret_cast<PyCFunction>(loop_create_future), METH_NOARGS, nullptr},
+    {"create_task", FASTCALL_KW(loop_create_task), nullptr},
     {"stop", reinterpret_cast<PyCFunction>(loop_stop), METH_NOARGS, nullptr},
     {"is_running", reinterpret_cast<PyCFunction>(loop_is_running), METH_NOARGS, nullptr},
     {"is_closed", reinterpret_cast<PyCFunction>(loop_is_closed), METH_NOARGS, nullptr},
@@ -307,6 +372,8 @@ PyMethodDef loop_methods[] = {
 };
 
 PyGetSetDef loop_getset[] = {
+    {"_task_factory", reinterpret_cast<getter>(get_task_factory), reinterpret_cast<setter>(set_task_factory),
+     nullptr, nullptr},
     {"_thread_id", reinterpret_cast<getter>(get_thread_id), reinterpret_cast<setter>(set_thread_id), nullptr, nullptr},
     {"slow_callback_duration", reinterpret_cast<getter>(get_slow_callback_duration),
      reinterpret_cast<setter>(set_slow_callback_duration), nullptr, nullptr},
@@ -331,11 +398,13 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
 int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->pending_exception);
+  Py_VISIT(self->task_factory);
   return 0;
 }
 
 int loop_clear(LoopObject* self) {
   Py_CLEAR(self->pending_exception);
+  Py_CLEAR(self->task_factory);
   return 0;
 }
 
@@ -406,6 +475,14 @@ void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double secon
   finish_hook_call(
       loop, PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_log_slow_callback", "Od", handle, seconds),
       handle);
+}
+
+PyObject* set_asyncio_types(PyObject*, PyObject* args) {
+  PyObject *future, *task;
+  if (!PyArg_ParseTuple(args, "OO", &future, &task)) return nullptr;
+  Py_XSETREF(future_type, Py_NewRef(future));
+  Py_XSETREF(task_type, Py_NewRef(task));
+  Py_RETURN_NONE;
 }
 
 int init_loop_type(PyObject* module) {

@@ -12,6 +12,7 @@ struct LoopObject {
   PyObject_HEAD
   Loop* engine;
   PyObject* pending_exception;  // KeyboardInterrupt/SystemExit leaving _run()
+  PyObject* task_factory;
   PyThreadState* waiting_tstate;
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;
@@ -21,6 +22,8 @@ struct LoopObject {
 extern PyTypeObject* LoopType;
 
 int init_loop_type(PyObject* module);
+// _core._set_asyncio_types(Future, Task): the classes create_future/create_task make.
+PyObject* set_asyncio_types(PyObject* module, PyObject* args);
 
 // Stops the current run with the exception being raised (it must be one that
 // propagates out of run_forever).

@@ -16,6 +16,7 @@ PyObject* raw_noop(PyObject*, PyObject* const*, Py_ssize_t) { Py_RETURN_NONE; }
 PyMethodDef raw_functions[] = {
     {"_raw_noop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(raw_noop)), METH_FASTCALL,
      "No-op through CPython's vectorcall, for call-cost measurements."},
+    {"_set_asyncio_types", shardloop::py::set_asyncio_types, METH_VARARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -47,7 +47,6 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
     def __init__(self) -> None:
         self._exception_handler: Callable[..., Any] | None = None
-        self._task_factory: Callable[..., Any] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
         self._asyncgens: weakref.WeakSet = weakref.WeakSet()
@@ -180,10 +179,9 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
     # -- futures and tasks -------------------------------------------------
 
-    def create_future(self) -> asyncio.Future:
-        return futures.Future(loop=self)
-
-    def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> asyncio.Task:
+    # create_future() and create_task() are native; this is create_task's
+    # path when a task factory is set or debug mode needs the bookkeeping.
+    def _create_task_slow(self, coro: Any, name: str | None, context: Any) -> asyncio.Task:
         self._check_closed()
         if self._task_factory is None:
             task = tasks.Task(coro, loop=self, name=name, context=context)
@@ -266,8 +264,11 @@ class Loop(_core.Loop, asyncio.AbstractEventLoop):
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future:
         self._check_closed()
-        if self.get_debug() and not callable(func):
-            raise TypeError(f"a callable object was expected by run_in_executor(), got {func!r}")
+        if self.get_debug():
+            if asyncio.iscoroutine(func) or asyncio.iscoroutinefunction(func):
+                raise TypeError("coroutines cannot be used with run_in_executor()")
+            if not callable(func):
+                raise TypeError(f"a callable object was expected by run_in_executor(), got {func!r}")
         if executor is None:
             if self._executor_shutdown_called:
                 raise RuntimeError("Executor shutdown has been called")
@@ -387,3 +388,4 @@ class _SignalWakeup:
 
 
 install_pending_methods(Loop)
+_core._set_asyncio_types(futures.Future, tasks.Task)
