@@ -59,7 +59,7 @@ test-asan: deps
 	$(VENV)/bin/cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHARDLOOP_SANITIZE=ON $(CMAKE_PY_ARGS) >/dev/null
 	$(VENV)/bin/ninja -C build-asan -j $(JOBS)
 	cd build-asan && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
-	cd tests && LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc \
+	cd tests && LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(abspath build-asan/pkg) \
 	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
 

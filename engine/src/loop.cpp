@@ -47,7 +47,7 @@ struct CurrentGuard {
 Loop::Loop() : inbox_(std::make_unique<Inbox>()) {
   check_uv(uv_loop_init(&uv_), "uv_loop_init");
   uv_.data = this;
-  prepare_.data = check_.data = async_.data = deadline_.data = signal_poll_.data = this;
+  prepare_.data = check_.data = async_.data = deadline_.data = idle_.data = signal_poll_.data = this;
   uv_prepare_init(&uv_, &prepare_);
   uv_prepare_start(&prepare_, &Loop::on_prepare);
   uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));
@@ -55,6 +55,7 @@ Loop::Loop() : inbox_(std::make_unique<Inbox>()) {
   uv_check_start(&check_, &Loop::on_check);
   uv_unref(reinterpret_cast<uv_handle_t*>(&check_));
   uv_timer_init(&uv_, &deadline_);
+  uv_idle_init(&uv_, &idle_);
   // The async handle stays referenced: it keeps the libuv loop alive, so an
   // iteration with nothing to do blocks like asyncio's run_forever does.
   uv_async_init(&uv_, &async_, &Loop::on_async);
@@ -93,7 +94,7 @@ void Loop::report_on_current(std::exception_ptr error) noexcept {
   print_error(error);
 }
 
-void Loop::call_soon(Work work) {
+void Loop::push_ready(Work work) {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   ready_.push_back(work);
 }
@@ -113,12 +114,20 @@ bool Loop::call_soon_threadsafe(Work work) {
   // Writers announce themselves before checking `closed_`; close() sets
   // `closed_` and then waits for announced writers, so no push can land on
   // a queue that close() has already drained, nor touch a closed handle.
+  if (tls_current == this) {
+    // On the loop's own thread this is plain call_soon: queue order must
+    // match call order, which a detour through the inbox would not keep.
+    if (is_closed()) return false;
+    call_soon(work);
+    return true;
+  }
   inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
   if (closed_.load(std::memory_order_seq_cst)) {
     inbox_writers_.fetch_sub(1, std::memory_order_release);
     return false;
   }
   inbox_->push(work);
+  inbox_pending_.store(true, std::memory_order_release);
   uv_async_send(&async_);
   inbox_writers_.fetch_sub(1, std::memory_order_release);
   return true;
@@ -134,7 +143,6 @@ bool Loop::call_soon_threadsafe(std::function<void()> fn) {
 Loop::Exit Loop::run() {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   if (running_) throw std::logic_error("This event loop is already running");
-  CurrentGuard guard(this);
   running_ = true;
   Exit exit;
   for (;;) {
@@ -173,6 +181,8 @@ void Loop::arm_deadline(bool& block) {
 }
 
 void Loop::run_once() {
+  CurrentGuard guard(this);
+  if (uv_is_active(reinterpret_cast<uv_handle_t*>(&idle_))) uv_idle_stop(&idle_);
   block_ = ready_.empty() && !stopping_;
   if (block_) arm_deadline(block_);
   uv_run(&uv_, block_ ? UV_RUN_ONCE : UV_RUN_NOWAIT);
@@ -201,11 +211,20 @@ void Loop::expire_timers() {
 }
 
 void Loop::drain_inbox() {
+  // Cleared before draining: a push racing with the drain sets it again.
+  inbox_pending_.store(false, std::memory_order_relaxed);
   inbox_->drain([this](const Work& work) { ready_.push_back(work); });
 }
 
 void Loop::on_prepare(uv_prepare_t* handle) {
   auto* self = static_cast<Loop*>(handle->data);
+  // libuv ran its due timers and pending callbacks since run_once decided
+  // to block; if they queued work, an active idle handle makes the poll
+  // return at once (libuv computes the poll timeout after this callback).
+  if (self->block_ && (!self->ready_.empty() || self->stopping_)) {
+    self->block_ = false;
+    uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+  }
   if (self->block_ && !self->waiting_) {
     self->waiting_ = true;
     if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);

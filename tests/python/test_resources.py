@@ -11,6 +11,10 @@ from _support import run
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 linux_only = pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc (Linux)")
+# ASan's quarantine keeps freed memory mapped, so RSS says nothing there; the
+# plain `make test-python` run measures it (the Makefile sets this variable).
+rss_measurable = pytest.mark.skipif(bool(os.environ.get("SHARDLOOP_SANITIZED")),
+                                    reason="RSS is not meaningful under ASan (quarantine)")
 
 
 def _rss_bytes():
@@ -29,6 +33,7 @@ def _cycle(factory, n):
 
 
 @linux_only
+@rss_measurable
 def test_create_close_cycles_no_rss_growth(loop_factory):
     """10,000 create/close cycles after a 1,000-cycle warm-up: RSS grows by
     less than max(5 %, 2 MiB)."""
@@ -80,7 +85,8 @@ def test_run_cycles_no_fd_or_rss_leak(loop_factory):
         one()
     gc.collect()
     assert _open_fds() == fds
-    assert _rss_bytes() - rss < max(rss * 0.05, 2 * 1024 * 1024)
+    if not os.environ.get("SHARDLOOP_SANITIZED"):
+        assert _rss_bytes() - rss < max(rss * 0.05, 2 * 1024 * 1024)
 
 
 @linux_only
@@ -96,6 +102,7 @@ def test_close_releases_fds(loop_factory):
 
 
 @linux_only
+@rss_measurable
 def test_many_cancelled_timers_do_not_leak(loop):
     """Cancelled timers are released (no unbounded growth)."""
 

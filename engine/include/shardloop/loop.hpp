@@ -44,7 +44,10 @@ class Loop {
   double time() const noexcept;
 
   // Loop thread only.
-  void call_soon(Work work);
+  void call_soon(Work work) {
+    if (inbox_pending_.load(std::memory_order_acquire)) drain_inbox();
+    push_ready(work);
+  }
   void call_soon(std::function<void()> fn) { call_soon(make_work(std::move(fn))); }
   // `node->work` runs once `when` (a time() value) has passed. The loop does
   // not own the node; cancel() takes it back before its deadline.
@@ -101,6 +104,7 @@ class Loop {
   static void on_async(uv_async_t* handle);
   static void on_signal_readable(uv_poll_t* handle, int status, int events);
 
+  void push_ready(Work work);
   void arm_deadline(bool& block);
   void expire_timers();
   void drain_inbox();
@@ -111,6 +115,7 @@ class Loop {
   uv_check_t check_{};
   uv_async_t async_{};
   uv_timer_t deadline_{};
+  uv_idle_t idle_{};  // started to keep a poll from blocking when work is ready
   uv_poll_t signal_poll_{};
   int signal_fds_[2] = {-1, -1};
 
@@ -118,6 +123,9 @@ class Loop {
   TimerHeap timers_;
   std::unique_ptr<Inbox> inbox_;
   std::atomic<int> inbox_writers_{0};
+  // Set by writers after a push: lets the loop thread pull inbox work ahead
+  // of its own call_soon, so work another thread queued first runs first.
+  std::atomic<bool> inbox_pending_{false};
 
   Hooks hooks_{};
   std::function<void(std::exception_ptr)> error_handler_;
