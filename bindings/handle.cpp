@@ -348,6 +348,10 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
 
 Work handle_work(HandleObject* handle) { return Work{&run_handle_work, handle}; }
 
+HandleObject* handle_of(const Work& work) {
+  return work.fn == &run_handle_work ? static_cast<HandleObject*>(work.ctx) : nullptr;
+}
+
 int init_handle_types(PyObject* module) {
   HandleType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &handle_spec, nullptr));
   if (HandleType == nullptr) return -1;

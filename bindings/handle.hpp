@@ -37,5 +37,7 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
 
 // The Work that runs a handle; it owns one reference to the handle.
 Work handle_work(HandleObject* handle);
+// The handle a Work of handle_work() carries, else nullptr.
+HandleObject* handle_of(const Work& work);
 
 }  // namespace shardloop::py

@@ -395,16 +395,34 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   return reinterpret_cast<PyObject*>(self);
 }
 
+// Queued handles reference the loop, so an unclosed loop with pending
+// callbacks is a cycle; visiting them lets the collector find it (and the
+// finalizer then closes the loop with a ResourceWarning, as asyncio does).
 int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->pending_exception);
   Py_VISIT(self->task_factory);
-  return 0;
+  int rc = 0;
+  if (self->engine && !self->engine->is_closed()) {
+    self->engine->for_each_pending([&](const Work& work) {
+      if (rc == 0) {
+        if (HandleObject* handle = handle_of(work)) rc = visit(reinterpret_cast<PyObject*>(handle), arg);
+      }
+    });
+  }
+  return rc;
 }
 
 int loop_clear(LoopObject* self) {
   Py_CLEAR(self->pending_exception);
   Py_CLEAR(self->task_factory);
+  // Drops the queued handles reported by loop_traverse.
+  if (self->engine && !self->engine->is_running()) {
+    try {
+      self->engine->close();
+    } catch (const std::exception&) {
+    }
+  }
   return 0;
 }
 

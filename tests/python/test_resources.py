@@ -118,3 +118,22 @@ def test_many_cancelled_timers_do_not_leak(loop):
     churn(100_000)
     gc.collect()
     assert _rss_bytes() - rss < max(rss * 0.05, 4 * 1024 * 1024)
+
+
+def test_unclosed_loop_with_pending_callbacks_is_collected(loop_factory):
+    """Pending handles reference their loop; the cycle must still be
+    collectable, and collecting it warns like asyncio does."""
+    import warnings
+    import weakref
+
+    lp = loop_factory()
+    lp.call_soon(lambda: None)
+    lp.call_later(60, lambda: None)
+    ref = weakref.ref(lp)
+    del lp
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        gc.collect()
+    assert ref() is None
+    assert any(issubclass(w.category, ResourceWarning) and "unclosed event loop" in str(w.message)
+               for w in caught)

@@ -95,6 +95,14 @@ class Loop {
   static Loop* current() noexcept;
   static void report_on_current(std::exception_ptr error) noexcept;
 
+  // Visits queued work and scheduled timers (not the inbox): lets an
+  // embedder's garbage collector see what the loop keeps alive.
+  template <typename F>
+  void for_each_pending(F&& f) const {
+    ready_.for_each([&](const Work& work) { f(work); });
+    timers_.for_each([&](const TimerNode& node) { f(node.work); });
+  }
+
   std::size_t ready_count() const noexcept { return ready_.size(); }
   std::size_t timer_count() const noexcept { return timers_.size(); }
 

@@ -19,6 +19,11 @@ class RingQueue {
     ++size_;
   }
 
+  template <typename F>
+  void for_each(F&& f) const {
+    for (std::size_t i = 0; i < size_; ++i) f(buf_[(head_ + i) & (cap_ - 1)]);
+  }
+
   T pop_front() noexcept {
     T value = std::move(buf_[head_]);
     head_ = (head_ + 1) & (cap_ - 1);

@@ -30,6 +30,10 @@ class TimerHeap {
   TimerNode* top() const noexcept { return heap_.empty() ? nullptr : heap_.front(); }
   bool empty() const noexcept { return heap_.empty(); }
   std::size_t size() const noexcept { return heap_.size(); }
+  template <typename F>
+  void for_each(F&& f) const {
+    for (TimerNode* node : heap_) f(*node);
+  }
 
  private:
   static bool before(const TimerNode* a, const TimerNode* b) noexcept {
