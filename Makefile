@@ -5,14 +5,14 @@
 
 SHELL := /bin/bash
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 VPY := $(VENV)/bin/python
 APT_PACKAGES := g++ pkg-config libuv1-dev libconcurrentqueue-dev libgtest-dev liburing-dev
 JOBS ?= $(shell nproc)
 CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -c 'import pybind11; print(pybind11.get_cmake_dir())')
 ASAN_RT = $(shell g++ -print-file-name=libasan.so)
 
-.PHONY: deps apt venv build install demo test test-engine test-python test-asan bench clean
+.PHONY: deps apt venv build install demo test test-engine test-python test-asan test-versions bench clean
 
 deps: apt venv
 
@@ -39,7 +39,7 @@ build: deps
 
 # The real packaging path (scikit-build-core), cached in build/wheel.
 install: deps
-	$(VPY) -m pip install -q --no-build-isolation --force-reinstall --no-deps -C build-dir=build/wheel .
+	$(VPY) -m pip install -q --no-build-isolation --force-reinstall --no-deps -C build-dir=build/{wheel_tag} .
 
 demo: install
 	$(VPY) -m shardloop
@@ -62,6 +62,18 @@ test-asan: deps
 	cd tests && LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(abspath build-asan/pkg) \
 	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
+
+# pytest on every other CPython 3.11+ found on PATH or under pyenv, each in
+# its own virtualenv (.venv-X.Y); run by hand, not part of `make test`.
+OTHER_PYTHONS = $(shell for v in 3.12 3.13 3.14; do \
+  for p in $$(command -v python$$v) $$HOME/.pyenv/versions/$$v*/bin/python$$v; do \
+    if [ -x "$$p" ] && "$$p" -c 'import sys' 2>/dev/null; then echo $$p; break; fi; done; done)
+test-versions:
+	@for p in $(OTHER_PYTHONS); do \
+	  v=$$($$p -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  echo "== CPython $$v ($$p)"; \
+	  $(MAKE) --no-print-directory test-python PYTHON=$$p VENV=.venv-$$v || exit 1; \
+	done
 
 bench: install
 	$(VPY) perf/micro.py
