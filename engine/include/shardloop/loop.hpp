@@ -113,6 +113,7 @@ class Loop {
   static void on_signal_readable(uv_poll_t* handle, int status, int events);
 
   void push_ready(Work work);
+  bool must_poll() const noexcept;
   void arm_deadline(bool& block);
   void expire_timers();
   void drain_inbox();
@@ -141,6 +142,7 @@ class Loop {
   bool stopping_ = false;
   bool aborting_ = false;
   bool block_ = false;
+  double last_poll_ = 0;
   bool waiting_ = false;
   std::atomic<bool> closed_{false};
 };
