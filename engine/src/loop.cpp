@@ -167,7 +167,7 @@ void Loop::arm_deadline(bool& block) {
     uv_timer_stop(&deadline_);
     return;
   }
-  double delay = timers_.top()->when - monotonic_now();
+  double delay = timers_.top_when() - monotonic_now();
   if (delay <= 0) {
     block = false;
     return;
@@ -220,11 +220,7 @@ bool Loop::must_poll() const noexcept {
 void Loop::expire_timers() {
   if (timers_.empty()) return;
   const double now = monotonic_now();
-  while (TimerNode* top = timers_.top()) {
-    if (top->when > now) break;
-    timers_.pop();
-    ready_.push_back(top->work);
-  }
+  while (!timers_.empty() && timers_.top_when() <= now) ready_.push_back(timers_.pop()->work);
 }
 
 void Loop::drain_inbox() {
