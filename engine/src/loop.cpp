@@ -246,7 +246,13 @@ void Loop::on_prepare(uv_prepare_t* handle) {
 
 void Loop::on_check(uv_check_t* handle) { static_cast<Loop*>(handle->data)->resume(); }
 
-void Loop::on_async(uv_async_t* handle) { static_cast<Loop*>(handle->data)->drain_inbox(); }
+void Loop::on_async(uv_async_t* handle) {
+  auto* self = static_cast<Loop*>(handle->data);
+  // The ready queue is the embedder's to guard too (the GIL): take it back
+  // before touching the queue, as every other callback does.
+  self->resume();
+  self->drain_inbox();
+}
 
 void Loop::on_signal_readable(uv_poll_t* handle, int, int) {
   auto* self = static_cast<Loop*>(handle->data);
