@@ -1,13 +1,13 @@
 # make deps   system packages (apt) and the project virtualenv .venv
 # make demo   build, install into .venv, run the demo
 # make test   GoogleTest (ctest) + pytest, then the same under ASan/UBSan
-# make bench  shardloop vs uvloop vs asyncio micro-benchmarks
+# make bench  shardloop vs uvloop vs asyncio: micro, callgrind, echo, HTTP -> perf/results/
 
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
-APT_PACKAGES := g++ pkg-config libuv1-dev libconcurrentqueue-dev libgtest-dev liburing-dev
+APT_PACKAGES := g++ pkg-config libuv1-dev libconcurrentqueue-dev libgtest-dev liburing-dev valgrind wrk
 JOBS ?= $(shell nproc)
 CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -c 'import pybind11; print(pybind11.get_cmake_dir())')
 ASAN_RT = $(shell g++ -print-file-name=libasan.so)
@@ -76,7 +76,7 @@ test-versions:
 	done
 
 bench: install
-	$(VPY) perf/micro.py
+	$(VPY) perf/bench.py
 
 clean:
 	rm -rf build build-asan

@@ -19,6 +19,9 @@ time.perf_counter, from the first callback until the loop is told to stop):
                        the loop. Timed from the producer's start to that stop.
   tasks                A coroutine runs `await loop.create_task(noop())` N
                        times, with `async def noop(): pass`. ops = tasks.
+  futures              A coroutine N times creates a future with
+                       loop.create_future(), schedules its set_result with
+                       call_soon and awaits it. ops = futures resolved.
 
 gc.collect() runs before every timed run and the collector is disabled while
 timing (unless --keep-gc), so that a collection triggered by garbage from an
@@ -51,12 +54,14 @@ FULL_N = {
     "call_later": 200_000,
     "call_soon_threadsafe": 200_000,
     "tasks": 200_000,
+    "futures": 200_000,
 }
 QUICK_N = {
     "call_soon": 20_000,
     "call_later": 5_000,
     "call_soon_threadsafe": 5_000,
     "tasks": 5_000,
+    "futures": 5_000,
 }
 LOOP_MODULES = ("shardloop", "uvloop", "asyncio")
 
@@ -158,11 +163,26 @@ def bench_tasks(loop, n):
     return loop.run_until_complete(main())
 
 
+def bench_futures(loop, n):
+    async def main():
+        create_future = loop.create_future
+        call_soon = loop.call_soon
+        start = time.perf_counter()
+        for _ in range(n):
+            fut = create_future()
+            call_soon(fut.set_result, None)
+            await fut
+        return time.perf_counter() - start
+
+    return loop.run_until_complete(main())
+
+
 BENCHMARKS = {
     "call_soon": bench_call_soon,
     "call_later": bench_call_later,
     "call_soon_threadsafe": bench_call_soon_threadsafe,
     "tasks": bench_tasks,
+    "futures": bench_futures,
 }
 
 
@@ -275,6 +295,44 @@ def print_table(results, loops, errors, skipped):
         s = per.get("shardloop")
         cells += [fmt_ratio(s, per.get("uvloop")), fmt_ratio(s, per.get("asyncio"))]
         print("| " + " | ".join([b] + cells) + " |")
+
+
+def part(cfg, loops, skipped_loops, add_step):
+    """perf/bench.py's micro part: the same runs as main(), one step per
+    (benchmark, repeat, loop), repeats interleaved as there."""
+    sizes = QUICK_N if cfg.quick else FULL_N
+    factories, failed = load_loops([l for l in loops if l not in skipped_loops])
+    skipped = {**skipped_loops, **failed}
+    result = {
+        "title": "Micro-benchmarks",
+        "unit": "ops/s",
+        "higher_is_better": True,
+        "description": (f"best of {cfg.repeat}; N: " + ", ".join(f"{b} {n:,}" for b, n in sizes.items())
+                        + "; gc disabled while timing"),
+        "status": "ran",
+        "n": dict(sizes),
+        "repeat": cfg.repeat,
+        "results": {b: {l: {"skipped": skipped[l]} for l in loops if l in skipped} for b in BENCHMARKS},
+    }
+    for b in BENCHMARKS:
+        row = result["results"][b]
+        for _ in range(cfg.repeat):
+            for l in factories:
+                def step(row=row, b=b, l=l):
+                    cell = row.setdefault(l, {"samples": []})
+                    if "error" in cell:
+                        return cell
+                    try:
+                        cell["samples"].append(run_once(factories[l], BENCHMARKS[b], sizes[b], keep_gc=False))
+                        cell["value"] = max(cell["samples"])
+                    except Exception as e:
+                        row[l] = {"error": f"{type(e).__name__}: {e}"}
+                    return row[l]
+
+                # Rough guess at 500k ops/s; the driver rescales its
+                # estimates by how long steps really take.
+                add_step(f"micro {b} {l}", sizes[b] / 500_000, step)
+    return result
 
 
 def main(argv=None):
