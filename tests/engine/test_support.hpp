@@ -1,0 +1,92 @@
+// Shared helpers for the engine tests (not a test source: the CMake glob only
+// picks up *_test.cpp).
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "shardloop/shardloop.hpp"
+
+namespace shardloop_test {
+
+// A Work whose fn counts how it was finished. Each Work made from a Counter
+// must end with exactly one of runs/discards incremented.
+struct Counter {
+  int runs = 0;
+  int discards = 0;
+  int total() const { return runs + discards; }
+  shardloop::Work work() { return shardloop::Work{&Counter::fn, this}; }
+
+ private:
+  static void fn(void* ctx, bool run) noexcept {
+    auto* self = static_cast<Counter*>(ctx);
+    if (run)
+      ++self->runs;
+    else
+      ++self->discards;
+  }
+};
+
+// Fails a test that would otherwise hang (a loop that is never woken): if
+// not disarmed within `seconds`, prints `what` and aborts the test binary, so
+// ctest reports the failure at once instead of after its own timeout.
+class Watchdog {
+ public:
+  explicit Watchdog(std::string what, double seconds = 5.0)
+      : what_(std::move(what)), thread_([this, seconds] {
+          std::unique_lock<std::mutex> lock(mu_);
+          if (!cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return done_; })) {
+            std::fprintf(stderr, "WATCHDOG: %s did not finish within %.1f s; aborting\n",
+                         what_.c_str(), seconds);
+            std::fflush(stderr);
+            std::abort();
+          }
+        }) {}
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      done_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+  }
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+ private:
+  std::string what_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool done_ = false;
+  std::thread thread_;
+};
+
+// A one-shot flag another thread can wait on (with a timeout, so a test
+// fails instead of hanging).
+class Latch {
+ public:
+  void set() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      set_ = true;
+    }
+    cv_.notify_all();
+  }
+  bool wait(double seconds = 5.0) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::duration<double>(seconds), [this] { return set_; });
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool set_ = false;
+};
+
+}  // namespace shardloop_test
