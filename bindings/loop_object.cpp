@@ -5,6 +5,7 @@
 #include <exception>
 #include <new>
 
+#include "fd_watch.hpp"
 #include "handle.hpp"
 #include "shardloop/clock.hpp"
 
@@ -295,6 +296,7 @@ PyObject* loop_close_native(LoopObject* self, PyObject*) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
     return nullptr;
   }
+  fd_watches_clear(self);
   try {
     self->engine->close();
   } catch (const std::exception& e) {
@@ -366,6 +368,10 @@ PyMethodDef loop_methods[] = {
     {"set_debug", reinterpret_cast<PyCFunction>(loop_set_debug), METH_O, nullptr},
     {"_run", reinterpret_cast<PyCFunction>(loop_run), METH_NOARGS, nullptr},
     {"_close_native", reinterpret_cast<PyCFunction>(loop_close_native), METH_NOARGS, nullptr},
+    {"_add_reader", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_reader)), METH_FASTCALL, nullptr},
+    {"_add_writer", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_writer)), METH_FASTCALL, nullptr},
+    {"_remove_reader", reinterpret_cast<PyCFunction>(loop_remove_reader), METH_O, nullptr},
+    {"_remove_writer", reinterpret_cast<PyCFunction>(loop_remove_writer), METH_O, nullptr},
     {"_signal_wakeup_fd", reinterpret_cast<PyCFunction>(loop_signal_wakeup_fd), METH_NOARGS, nullptr},
     {"_pending_counts", reinterpret_cast<PyCFunction>(loop_pending_counts), METH_NOARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
@@ -385,6 +391,7 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   if (self == nullptr) return nullptr;
   self->slow_callback_duration = 0.1;
   try {
+    self->fd_watches = fd_watches_new();
     self->engine = new Loop();
   } catch (const std::exception& e) {
     Py_DECREF(self);
@@ -402,6 +409,7 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->pending_exception);
   Py_VISIT(self->task_factory);
+  if (int fd_rc = fd_watches_traverse(self->fd_watches, visit, arg)) return fd_rc;
   int rc = 0;
   if (self->engine && !self->engine->is_closed()) {
     self->engine->for_each_pending([&](const Work& work) {
@@ -416,8 +424,9 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
 int loop_clear(LoopObject* self) {
   Py_CLEAR(self->pending_exception);
   Py_CLEAR(self->task_factory);
-  // Drops the queued handles reported by loop_traverse.
+  // Drops the handles reported by loop_traverse.
   if (self->engine && !self->engine->is_running()) {
+    fd_watches_clear(self);
     try {
       self->engine->close();
     } catch (const std::exception&) {
@@ -434,9 +443,12 @@ void loop_dealloc(LoopObject* self) {
     if (self->engine->is_running()) {
       PyErr_WarnEx(PyExc_RuntimeWarning, "shardloop: deallocating a running loop", 1);
     }
+    fd_watches_clear(self);
     delete self->engine;
     self->engine = nullptr;
   }
+  fd_watches_free(self->fd_watches);
+  self->fd_watches = nullptr;
   loop_clear(self);
   type->tp_free(self);
   Py_DECREF(type);

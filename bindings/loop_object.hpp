@@ -7,12 +7,14 @@
 namespace shardloop::py {
 
 struct HandleObject;
+struct FdWatches;
 
 struct LoopObject {
   PyObject_HEAD
   Loop* engine;
   PyObject* pending_exception;  // KeyboardInterrupt/SystemExit leaving _run()
   PyObject* task_factory;
+  FdWatches* fd_watches;
   PyThreadState* waiting_tstate;
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;

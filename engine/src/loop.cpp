@@ -278,6 +278,21 @@ int Loop::signal_wakeup_fd() {
   return fds[1];
 }
 
+void Loop::adopt(OwnedHandle* handle) noexcept {
+  handle->next_ = owned_;
+  if (owned_) owned_->prev_ = handle;
+  owned_ = handle;
+  handle->attached_ = true;
+}
+
+void Loop::disown(OwnedHandle* handle) noexcept {
+  if (handle->prev_) handle->prev_->next_ = handle->next_;
+  if (handle->next_) handle->next_->prev_ = handle->prev_;
+  if (owned_ == handle) owned_ = handle->next_;
+  handle->prev_ = handle->next_ = nullptr;
+  handle->attached_ = false;
+}
+
 void Loop::discard_pending() noexcept {
   while (!ready_.empty()) ready_.pop_front().discard();
   while (TimerNode* node = timers_.pop()) node->work.discard();
@@ -292,8 +307,9 @@ void Loop::close() {
   // Discarded work may try to schedule more; the loop is marked closed
   // first, so that is refused instead of queued behind the drain.
   discard_pending();
-  // Every handle still open is the loop's own or was left by its owner;
-  // either way uv_loop_close needs them gone.
+  // Engine handles close through their own close() (which frees them);
+  // whatever else is still open was opened on uv() directly.
+  while (owned_ != nullptr) owned_->close();
   uv_walk(
       &uv_,
       [](uv_handle_t* handle, void*) {

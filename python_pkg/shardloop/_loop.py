@@ -19,6 +19,7 @@ from asyncio import events, format_helpers, futures, tasks
 from typing import Any, Callable
 
 from . import _core
+from ._fdio import FdIOMixin
 from ._pending import install_pending_methods
 
 logger = logging.getLogger("asyncio")  # same logger as asyncio's own loop
@@ -42,7 +43,7 @@ def _stop_when_done(fut: asyncio.Future) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.Loop, asyncio.AbstractEventLoop):
+class Loop(_core.Loop, FdIOMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop on libuv."""
 
     def __init__(self) -> None:

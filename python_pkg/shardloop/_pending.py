@@ -11,10 +11,7 @@ _AREAS = {
     "networking (TCP, Unix, UDP, pipes, sock_*, sendfile)": (
         "create_connection", "create_server", "sendfile", "create_unix_connection",
         "create_unix_server", "connect_accepted_socket", "create_datagram_endpoint",
-        "connect_read_pipe", "connect_write_pipe", "sock_recv", "sock_recv_into",
-        "sock_recvfrom", "sock_recvfrom_into", "sock_sendall", "sock_sendto", "sock_connect",
-        "sock_accept", "sock_sendfile", "add_reader", "remove_reader", "add_writer",
-        "remove_writer",
+        "connect_read_pipe", "connect_write_pipe", "sock_sendfile",
     ),
     "TLS, subprocesses and signals": (
         "start_tls", "subprocess_exec", "subprocess_shell", "add_signal_handler",
@@ -38,5 +35,6 @@ def _pending(name: str, area: str) -> Any:
 def install_pending_methods(cls: type) -> None:
     for area, names in _AREAS.items():
         for name in names:
-            if name not in cls.__dict__:
+            if not any(name in klass.__dict__ for klass in cls.__mro__
+                       if klass is not AbstractEventLoop):
                 setattr(cls, name, _pending(name, area))

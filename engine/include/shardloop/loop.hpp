@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 
+#include "shardloop/owned_handle.hpp"
 #include "shardloop/ring_queue.hpp"
 #include "shardloop/timer_heap.hpp"
 #include "shardloop/work.hpp"
@@ -107,6 +108,10 @@ class Loop {
   std::size_t timer_count() const noexcept { return timers_.size(); }
 
  private:
+  friend class OwnedHandle;
+  void adopt(OwnedHandle* handle) noexcept;
+  void disown(OwnedHandle* handle) noexcept;
+
   static void on_prepare(uv_prepare_t* handle);
   static void on_check(uv_check_t* handle);
   static void on_async(uv_async_t* handle);
@@ -136,6 +141,7 @@ class Loop {
   // of its own call_soon, so work another thread queued first runs first.
   std::atomic<bool> inbox_pending_{false};
 
+  OwnedHandle* owned_ = nullptr;  // intrusive list of open engine handles
   Hooks hooks_{};
   std::function<void(std::exception_ptr)> error_handler_;
   bool running_ = false;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include "shardloop/clock.hpp"
+#include "shardloop/fd_watcher.hpp"
 #include "shardloop/loop.hpp"
 #include "shardloop/ring_queue.hpp"
 #include "shardloop/timer_heap.hpp"

@@ -1,0 +1,200 @@
+#include "fd_watch.hpp"
+
+#include <system_error>
+#include <unordered_map>
+
+#include "handle.hpp"
+#include "loop_object.hpp"
+#include "shardloop/fd_watcher.hpp"
+
+namespace shardloop::py {
+
+namespace {
+
+struct Slot {
+  LoopObject* loop;  // borrowed: the loop owns its slots
+  FdWatcher* watcher;
+  HandleObject* handles[2] = {nullptr, nullptr};  // reader, writer
+};
+
+constexpr int kEvents[2] = {FdWatcher::kReadable, FdWatcher::kWritable};
+
+}  // namespace
+
+struct FdWatches {
+  std::unordered_map<int, Slot*> slots;
+};
+
+namespace {
+
+int wanted_events(const Slot* slot) {
+  return (slot->handles[0] ? kEvents[0] : 0) | (slot->handles[1] ? kEvents[1] : 0);
+}
+
+// Drops one side of a watch; returns whether it was set. Frees the slot
+// when neither side is left.
+bool drop(LoopObject* loop, int fd, int side) {
+  auto it = loop->fd_watches->slots.find(fd);
+  if (it == loop->fd_watches->slots.end() || it->second->handles[side] == nullptr) return false;
+  Slot* slot = it->second;
+  HandleObject* handle = slot->handles[side];
+  slot->handles[side] = nullptr;
+  if (wanted_events(slot) == 0) {
+    loop->fd_watches->slots.erase(it);
+    slot->watcher->release();
+    delete slot;
+  } else {
+    try {
+      slot->watcher->watch(wanted_events(slot));
+    } catch (const std::system_error&) {
+      // Narrowing the mask of a valid watch does not fail; a closed fd
+      // has been dropped from epoll by the kernel already.
+    }
+  }
+  PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(handle), "cancel", nullptr);
+  Py_XDECREF(r);
+  Py_DECREF(handle);
+  return r != nullptr;
+}
+
+void on_ready(void* ctx, int events) noexcept {
+  auto* slot = static_cast<Slot*>(ctx);
+  LoopObject* loop = slot->loop;
+  const int fd = slot->watcher->fd();
+  for (int side = 0; side < 2; ++side) {
+    // Re-read each time: the first callback queued cannot have run yet, but
+    // a cancelled handle drops its side (and maybe the slot) right here.
+    auto it = loop->fd_watches->slots.find(fd);
+    if (it == loop->fd_watches->slots.end()) return;
+    HandleObject* handle = it->second->handles[side];
+    if (handle == nullptr || !(events & kEvents[side])) continue;
+    if (handle->cancelled) {
+      if (!drop(loop, fd, side)) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(loop));
+      continue;
+    }
+    Py_INCREF(handle);
+    try {
+      loop->engine->call_soon(handle_work(handle));
+    } catch (...) {
+      Py_DECREF(handle);
+    }
+  }
+}
+
+bool parse_fd(PyObject* obj, int* fd) {
+  long value = PyLong_AsLong(obj);
+  if (value == -1 && PyErr_Occurred()) return false;
+  if (value < 0 || value > INT32_MAX) {
+    PyErr_Format(PyExc_ValueError, "Invalid file descriptor: %ld", value);
+    return false;
+  }
+  *fd = static_cast<int>(value);
+  return true;
+}
+
+PyObject* add(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, int side, const char* method) {
+  if (nargs < 2) {
+    PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments (%zd given)", method, nargs);
+    return nullptr;
+  }
+  int fd;
+  if (!parse_fd(args[0], &fd)) return nullptr;
+  if (self->engine->is_closed()) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  if (!PyCallable_Check(args[1])) {
+    PyErr_Format(PyExc_TypeError, "a callable object was expected by %s(), got %R", method, args[1]);
+    return nullptr;
+  }
+  HandleObject* handle = handle_new(self, false, args[1], args + 2, nargs - 2, nullptr);
+  if (handle == nullptr) return nullptr;
+  auto& slots = self->fd_watches->slots;
+  auto it = slots.find(fd);
+  Slot* slot;
+  bool fresh = it == slots.end();
+  if (fresh) {
+    slot = new Slot{self, nullptr};
+    try {
+      slot->watcher = FdWatcher::open(*self->engine, fd, &on_ready, slot);
+    } catch (const std::system_error& e) {
+      delete slot;
+      Py_DECREF(handle);
+      errno = e.code().value();
+      return PyErr_SetFromErrno(PyExc_OSError);
+    }
+  } else {
+    slot = it->second;
+  }
+  HandleObject* previous = slot->handles[side];
+  slot->handles[side] = handle;
+  try {
+    slot->watcher->watch(wanted_events(slot));
+  } catch (const std::system_error& e) {
+    slot->handles[side] = previous;
+    Py_DECREF(handle);
+    if (fresh) {
+      slot->watcher->release();
+      delete slot;
+    }
+    errno = e.code().value();
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  if (fresh) slots.emplace(fd, slot);
+  if (previous) {
+    // Replaced, as asyncio's selector loop does: the old handle is cancelled.
+    PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(previous), "cancel", nullptr);
+    Py_DECREF(previous);
+    if (r == nullptr) return nullptr;
+    Py_DECREF(r);
+  }
+  return Py_NewRef(reinterpret_cast<PyObject*>(handle));
+}
+
+PyObject* remove(LoopObject* self, PyObject* fd_obj, int side) {
+  int fd;
+  if (!parse_fd(fd_obj, &fd)) return nullptr;
+  if (self->engine->is_closed()) Py_RETURN_FALSE;
+  bool removed = drop(self, fd, side);
+  if (PyErr_Occurred()) return nullptr;
+  return PyBool_FromLong(removed);
+}
+
+}  // namespace
+
+FdWatches* fd_watches_new() { return new FdWatches(); }
+
+void fd_watches_free(FdWatches* watches) { delete watches; }
+
+void fd_watches_clear(LoopObject* loop) {
+  if (loop->fd_watches == nullptr) return;
+  auto slots = std::move(loop->fd_watches->slots);
+  loop->fd_watches->slots.clear();
+  for (auto& [fd, slot] : slots) {
+    slot->watcher->release();
+    for (HandleObject*& handle : slot->handles) Py_CLEAR(handle);
+    delete slot;
+  }
+}
+
+int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg) {
+  if (watches == nullptr) return 0;
+  for (auto& [fd, slot] : watches->slots) {
+    for (HandleObject* handle : slot->handles) Py_VISIT(reinterpret_cast<PyObject*>(handle));
+  }
+  return 0;
+}
+
+PyObject* loop_add_reader(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return add(self, args, nargs, 0, "add_reader");
+}
+
+PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return add(self, args, nargs, 1, "add_writer");
+}
+
+PyObject* loop_remove_reader(LoopObject* self, PyObject* fd) { return remove(self, fd, 0); }
+
+PyObject* loop_remove_writer(LoopObject* self, PyObject* fd) { return remove(self, fd, 1); }
+
+}  // namespace shardloop::py

@@ -1,0 +1,25 @@
+// add_reader/add_writer of shardloop._core.Loop: one FdWatcher per fd, whose
+// readiness queues the registered Handle like any ready callback.
+#pragma once
+
+#include "common.hpp"
+
+namespace shardloop::py {
+
+struct LoopObject;
+struct FdWatches;
+
+FdWatches* fd_watches_new();
+// Drops every watch (the loop is closing or being collected).
+void fd_watches_clear(LoopObject* loop);
+void fd_watches_free(FdWatches* watches);
+int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg);
+
+// Loop methods: _add_reader(fd, callback, *args) -> Handle, _remove_reader(fd)
+// -> bool and the writer pair; the Python layer converts file objects first.
+PyObject* loop_add_reader(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
+PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
+PyObject* loop_remove_reader(LoopObject* self, PyObject* fd);
+PyObject* loop_remove_writer(LoopObject* self, PyObject* fd);
+
+}  // namespace shardloop::py

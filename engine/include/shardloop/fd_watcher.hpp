@@ -1,0 +1,48 @@
+// Readiness of one file descriptor (uv_poll_t): what add_reader/add_writer
+// and the sock_* methods are built on.
+#pragma once
+
+#include <uv.h>
+
+#include "shardloop/owned_handle.hpp"
+
+namespace shardloop {
+
+class FdWatcher final : public OwnedHandle {
+ public:
+  static constexpr int kReadable = UV_READABLE;
+  static constexpr int kWritable = UV_WRITABLE;
+  // `events` is the subset of the watched events that are ready; an error
+  // on the fd reports every watched event, as a selector would.
+  using Callback = void (*)(void* ctx, int events) noexcept;
+
+  // Throws std::system_error (e.g. EPERM for a regular file).
+  static FdWatcher* open(Loop& loop, int fd, Callback callback, void* ctx);
+
+  // Starts watching `events` (kReadable | kWritable); 0 stops.
+  void watch(int events);
+  int events() const noexcept { return events_; }
+  int fd() const noexcept { return fd_; }
+  bool closed() const noexcept { return closed_; }
+
+  void close() noexcept override;
+  // close(), and the owner will not touch this object again.
+  void release() noexcept;
+
+ private:
+  FdWatcher(Loop& loop, int fd, Callback callback, void* ctx);
+  ~FdWatcher() override = default;
+  static void on_poll(uv_poll_t* handle, int status, int events);
+  void maybe_delete() noexcept;
+
+  uv_poll_t poll_{};
+  Callback callback_;
+  void* ctx_;
+  int fd_;
+  int events_ = 0;
+  bool closed_ = false;
+  bool uv_closed_ = false;
+  bool released_ = false;
+};
+
+}  // namespace shardloop
