@@ -194,13 +194,34 @@ void Loop::run_once() {
   // A signal hook may have aborted the run while libuv was dispatching.
   if (aborting_) return;
   drain_inbox();
-  expire_timers();
-  // Only what is queued now belongs to this iteration; callbacks scheduled
-  // while it runs wait for the next one.
+  // Only what is ready now belongs to this iteration (the ready queue as it
+  // stands, then the timers due by now, as asyncio appends them); callbacks
+  // scheduled while it runs wait for the next one.
+  const double now = timers_.empty() ? 0.0 : monotonic_now();
+  const std::uint64_t timer_limit = timers_.next_seq();
   for (std::size_t n = ready_.size(); n > 0 && !ready_.empty(); --n) {
     ready_.pop_front().run();
+    if (aborting_) return;
+  }
+  run_due_timers(now, timer_limit);
+}
+
+// Due timers run straight from the heap instead of through the ready queue:
+// the same order, but each timer is touched once, not once when queued and
+// again, long after and out of cache, when run. Timers scheduled during
+// this batch (sequence >= limit) are not part of it: any of them that are
+// already due are set aside and put back.
+void Loop::run_due_timers(double now, std::uint64_t limit) {
+  while (!timers_.empty() && timers_.top_when() <= now) {
+    if (timers_.top_seq() >= limit) {
+      set_aside_.push_back(timers_.pop());
+      continue;
+    }
+    timers_.pop()->work.run();
     if (aborting_) break;
   }
+  for (TimerNode* node : set_aside_) timers_.restore(node);
+  set_aside_.clear();
 }
 
 // A non-blocking poll is a syscall (about 1 us here, as much as a whole
@@ -215,12 +236,6 @@ bool Loop::must_poll() const noexcept {
   if (uv_is_active(reinterpret_cast<const uv_handle_t*>(&idle_))) ++own;
   if (uv_.active_handles > own || uv_.active_reqs.count != 0 || uv_.closing_handles != nullptr) return true;
   return monotonic_now() - last_poll_ > 1e-3;
-}
-
-void Loop::expire_timers() {
-  if (timers_.empty()) return;
-  const double now = monotonic_now();
-  while (!timers_.empty() && timers_.top_when() <= now) ready_.push_back(timers_.pop()->work);
 }
 
 void Loop::drain_inbox() {

@@ -9,6 +9,12 @@ void TimerHeap::push(TimerNode* node) {
   sift_up(node->heap_index);
 }
 
+void TimerHeap::restore(TimerNode* node) {
+  heap_.push_back(Entry{node->when, node->seq, node});
+  node->heap_index = heap_.size() - 1;
+  sift_up(node->heap_index);
+}
+
 TimerNode* TimerHeap::pop() noexcept {
   if (heap_.empty()) return nullptr;
   TimerNode* node = heap_.front().node;

@@ -11,6 +11,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <vector>
 
 #include "shardloop/owned_handle.hpp"
 #include "shardloop/ring_queue.hpp"
@@ -120,7 +121,7 @@ class Loop {
   void push_ready(Work work);
   bool must_poll() const noexcept;
   void arm_deadline(bool& block);
-  void expire_timers();
+  void run_due_timers(double now, std::uint64_t limit);
   void drain_inbox();
   void discard_pending() noexcept;
 
@@ -135,6 +136,7 @@ class Loop {
 
   RingQueue<Work> ready_;
   TimerHeap timers_;
+  std::vector<TimerNode*> set_aside_;
   std::unique_ptr<Inbox> inbox_;
   std::atomic<int> inbox_writers_{0};
   // Set by writers after a push: lets the loop thread pull inbox work ahead

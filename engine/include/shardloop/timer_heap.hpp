@@ -30,6 +30,11 @@ class TimerHeap {
   TimerNode* top() const noexcept { return heap_.empty() ? nullptr : heap_.front().node; }
   // The earliest deadline without touching the node (valid when !empty()).
   double top_when() const noexcept { return heap_.front().when; }
+  std::uint64_t top_seq() const noexcept { return heap_.front().seq; }
+  // The sequence number the next push() will get.
+  std::uint64_t next_seq() const noexcept { return next_seq_; }
+  // Puts back a popped node with the deadline and sequence it had.
+  void restore(TimerNode* node);
   bool empty() const noexcept { return heap_.empty(); }
   std::size_t size() const noexcept { return heap_.size(); }
   template <typename F>
