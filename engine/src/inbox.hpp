@@ -17,7 +17,15 @@ class Inbox {
     Work batch[64];
     std::size_t n;
     while ((n = queue_.try_dequeue_bulk(batch, 64)) != 0) {
-      for (std::size_t i = 0; i < n; ++i) sink(batch[i]);
+      std::size_t i = 0;
+      try {
+        for (; i < n; ++i) sink(batch[i]);
+      } catch (...) {
+        // Out of memory while queueing: what was taken out but not queued
+        // is discarded (its owner is released) rather than leaked.
+        for (; i < n; ++i) batch[i].discard();
+        throw;
+      }
     }
   }
 

@@ -266,7 +266,13 @@ void Loop::on_async(uv_async_t* handle) {
   // The ready queue is the embedder's to guard too (the GIL): take it back
   // before touching the queue, as every other callback does.
   self->resume();
-  self->drain_inbox();
+  try {
+    self->drain_inbox();
+  } catch (...) {
+    // Growing the ready queue failed (see Inbox::drain). Nothing may
+    // unwind into libuv.
+    self->report_error(std::current_exception());
+  }
 }
 
 void Loop::on_signal_readable(uv_poll_t* handle, int, int) {

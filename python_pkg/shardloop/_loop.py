@@ -339,10 +339,15 @@ class Loop(_core.Loop, FdIOMixin, asyncio.AbstractEventLoop):
                     "asyncgen": agen,
                 })
 
-    # -- DNS (thread pool until the networking issue moves it onto libuv) -
+    # -- DNS: numeric hosts inline, names in the default executor ----------
 
     async def getaddrinfo(self, host: Any, port: Any, *, family: int = 0, type: int = 0,
                           proto: int = 0, flags: int = 0) -> list:
+        try:
+            # A numeric host needs no lookup: answer without a thread hop.
+            return socket.getaddrinfo(host, port, family, type, proto, flags | socket.AI_NUMERICHOST)
+        except (socket.gaierror, UnicodeError):
+            pass
         return await self.run_in_executor(None, socket.getaddrinfo, host, port, family, type, proto, flags)
 
     async def getnameinfo(self, sockaddr: Any, flags: int = 0) -> tuple:
