@@ -1,5 +1,7 @@
 #include "shardloop/fd_watcher.hpp"
 
+#include <fcntl.h>
+
 #include <system_error>
 
 #include "shardloop/loop.hpp"
@@ -12,7 +14,11 @@ FdWatcher::FdWatcher(Loop& loop, int fd, Callback callback, void* ctx)
 FdWatcher* FdWatcher::open(Loop& loop, int fd, Callback callback, void* ctx) {
   if (loop.is_closed()) throw std::logic_error("Event loop is closed");
   auto* self = new FdWatcher(loop, fd, callback, ctx);
+  // libuv makes the fd non-blocking; watching readiness must not change
+  // how the owner's own reads and writes behave, so put the flag back.
+  const int flags = ::fcntl(fd, F_GETFL);
   int rc = uv_poll_init(loop.uv(), &self->poll_, fd);
+  if (rc == 0 && flags != -1 && !(flags & O_NONBLOCK)) ::fcntl(fd, F_SETFL, flags);
   if (rc != 0) {
     delete self;
     throw std::system_error(-rc, std::generic_category(), "uv_poll_init");
@@ -22,7 +28,7 @@ FdWatcher* FdWatcher::open(Loop& loop, int fd, Callback callback, void* ctx) {
 }
 
 void FdWatcher::watch(int events) {
-  if (closed_) return;
+  if (closed()) return;
   int rc = events ? uv_poll_start(&poll_, events, &FdWatcher::on_poll) : uv_poll_stop(&poll_);
   if (rc != 0) throw std::system_error(-rc, std::generic_category(), "uv_poll_start");
   events_ = events;
@@ -30,30 +36,9 @@ void FdWatcher::watch(int events) {
 
 void FdWatcher::on_poll(uv_poll_t* handle, int status, int events) {
   auto* self = static_cast<FdWatcher*>(handle->data);
-  if (self->closed_) return;
+  if (self->closed()) return;
   self->loop_.resume();
   self->callback_(self->ctx_, status < 0 ? self->events_ : (events & self->events_));
-}
-
-void FdWatcher::close() noexcept {
-  if (closed_) return;
-  closed_ = true;
-  detach();
-  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), [](uv_handle_t* handle) {
-    auto* self = static_cast<FdWatcher*>(handle->data);
-    self->uv_closed_ = true;
-    self->maybe_delete();
-  });
-}
-
-void FdWatcher::release() noexcept {
-  close();
-  released_ = true;
-  maybe_delete();
-}
-
-void FdWatcher::maybe_delete() noexcept {
-  if (uv_closed_ && released_) delete this;
 }
 
 }  // namespace shardloop

@@ -101,13 +101,18 @@ void Loop::push_ready(Work work) {
 
 void Loop::schedule(TimerNode* node, double when) {
   if (is_closed()) throw std::logic_error("Event loop is closed");
-  if (node->scheduled()) timers_.erase(node);
+  cancel(node);
   node->when = when;
   timers_.push(node);
 }
 
 void Loop::cancel(TimerNode* node) noexcept {
-  if (node->scheduled()) timers_.erase(node);
+  if (node->heap_index == TimerNode::kSetAside) {
+    std::erase(set_aside_, node);
+    node->heap_index = TimerNode::kNotScheduled;
+  } else if (node->scheduled()) {
+    timers_.erase(node);
+  }
 }
 
 bool Loop::call_soon_threadsafe(Work work) {
@@ -214,12 +219,15 @@ void Loop::run_once() {
 void Loop::run_due_timers(double now, std::uint64_t limit) {
   while (!timers_.empty() && timers_.top_when() <= now) {
     if (timers_.top_seq() >= limit) {
-      set_aside_.push_back(timers_.pop());
+      TimerNode* node = timers_.pop();
+      node->heap_index = TimerNode::kSetAside;
+      set_aside_.push_back(node);
       continue;
     }
     timers_.pop()->work.run();
-    if (aborting_) break;
+    if (aborting_ || is_closed()) break;
   }
+  // A callback may have closed the loop: discard_pending() took them then.
   for (TimerNode* node : set_aside_) timers_.restore(node);
   set_aside_.clear();
 }
@@ -317,6 +325,11 @@ void Loop::disown(OwnedHandle* handle) noexcept {
 void Loop::discard_pending() noexcept {
   while (!ready_.empty()) ready_.pop_front().discard();
   while (TimerNode* node = timers_.pop()) node->work.discard();
+  for (TimerNode* node : set_aside_) {
+    node->heap_index = TimerNode::kNotScheduled;
+    node->work.discard();
+  }
+  set_aside_.clear();
   inbox_->drain([](const Work& work) { work.discard(); });
 }
 

@@ -6,10 +6,32 @@ namespace shardloop {
 
 OwnedHandle::OwnedHandle(Loop& loop) : loop_(loop) { loop.adopt(this); }
 
-OwnedHandle::~OwnedHandle() { detach(); }
-
-void OwnedHandle::detach() noexcept {
+OwnedHandle::~OwnedHandle() {
   if (attached_) loop_.disown(this);
+}
+
+void OwnedHandle::close() noexcept {
+  if (closed_) return;
+  closed_ = true;
+  on_close();
+  if (attached_) loop_.disown(this);
+  uv_handle_t* handle = uv_handle();
+  handle->data = this;
+  uv_close(handle, [](uv_handle_t* h) {
+    auto* self = static_cast<OwnedHandle*>(h->data);
+    self->uv_closed_ = true;
+    self->maybe_delete();
+  });
+}
+
+void OwnedHandle::release() noexcept {
+  close();
+  released_ = true;
+  maybe_delete();
+}
+
+void OwnedHandle::maybe_delete() noexcept {
+  if (uv_closed_ && released_) delete this;
 }
 
 }  // namespace shardloop

@@ -463,4 +463,40 @@ TEST(SignalWakeup, DeliveredWhileLoopIsBusy) {
   EXPECT_EQ(log.before.load(), 0);
 }
 
+TEST(Hooks, ReadyQueueUntouchedWhileWaiting) {
+  // Between before_wait and after_wait the embedder has given up its lock
+  // (the GIL): the engine must not touch the ready queue in that window, so
+  // work drained from the inbox lands only after after_wait.
+  Watchdog dog("ReadyQueueUntouchedWhileWaiting");
+  Loop loop;
+  struct Ctx {
+    Loop* loop;
+    Latch blocked;
+    std::size_t at_before = 99, at_after = 99;
+    int pairs = 0;
+  } ctx{&loop};
+  Loop::Hooks hooks;
+  hooks.ctx = &ctx;
+  hooks.before_wait = [](void* p) {
+    auto* c = static_cast<Ctx*>(p);
+    c->at_before = c->loop->ready_count();
+    c->blocked.set();
+  };
+  hooks.after_wait = [](void* p) {
+    auto* c = static_cast<Ctx*>(p);
+    c->at_after = c->loop->ready_count();
+    ++c->pairs;
+  };
+  loop.set_hooks(hooks);
+  std::thread other([&] {
+    if (!ctx.blocked.wait()) return;
+    loop.call_soon_threadsafe(std::function<void()>([&] { loop.stop(); }));
+  });
+  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
+  other.join();
+  EXPECT_EQ(ctx.pairs, 1);
+  EXPECT_EQ(ctx.at_before, 0u);
+  EXPECT_EQ(ctx.at_after, 0u) << "inbox drained into the ready queue during the wait";
+}
+
 }  // namespace

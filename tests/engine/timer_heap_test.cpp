@@ -72,23 +72,35 @@ TEST(TimerHeap, EraseTopAndLast) {
   EXPECT_EQ(heap.pop(), nullptr);
 }
 
-// The moved-in last element can belong *above* the erased slot: erase from a
-// deep subtree whose replacement is smaller than the erased node's parent.
-TEST(TimerHeap, EraseSiftsReplacementUp) {
-  TimerHeap heap;
-  // Layout after pushes (already a heap): 0 | 10 1 | 11 12 2 3
-  // Erase 12 (index 4, under 10); the last node 3 moves there and must rise
-  // above 10.
-  TimerNode n[7];
-  const double when[7] = {0, 10, 1, 11, 12, 2, 3};
-  for (int i = 0; i < 7; ++i) {
-    n[i].when = when[i];
-    heap.push(&n[i]);
+// Erase from every position of many small heaps, whatever their arity: the
+// entry moved into the hole must sometimes rise (a small last entry landing
+// under a large parent) and sometimes sink.
+TEST(TimerHeap, EraseFromEveryPositionOfSmallHeaps) {
+  std::mt19937 rng(12345u);
+  std::uniform_int_distribution<int> dl(0, 30);
+  for (int n = 1; n <= 40; ++n) {
+    for (int trial = 0; trial < 8; ++trial) {
+      std::vector<double> whens(n);
+      for (auto& w : whens) w = dl(rng);
+      for (int victim = 0; victim < n; ++victim) {
+        std::vector<TimerNode> nodes(n);
+        TimerHeap heap;
+        for (int i = 0; i < n; ++i) {
+          nodes[i].when = whens[i];
+          heap.push(&nodes[i]);
+        }
+        heap.erase(&nodes[victim]);
+        ASSERT_FALSE(nodes[victim].scheduled());
+        std::vector<std::pair<double, int>> expect;
+        for (int i = 0; i < n; ++i)
+          if (i != victim) expect.emplace_back(whens[i], i);
+        std::sort(expect.begin(), expect.end());
+        std::vector<std::pair<double, int>> got;
+        while (TimerNode* node = heap.pop()) got.emplace_back(node->when, static_cast<int>(node - nodes.data()));
+        ASSERT_EQ(got, expect) << "n=" << n << " trial=" << trial << " victim=" << victim;
+      }
+    }
   }
-  heap.erase(&n[4]);
-  std::vector<double> order;
-  while (TimerNode* node = heap.pop()) order.push_back(node->when);
-  EXPECT_EQ(order, (std::vector<double>{0, 1, 2, 3, 10, 11}));
 }
 
 TEST(TimerHeap, RandomDeadlinesAndErasesMatchSortedReference) {

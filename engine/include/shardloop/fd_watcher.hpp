@@ -23,26 +23,18 @@ class FdWatcher final : public OwnedHandle {
   void watch(int events);
   int events() const noexcept { return events_; }
   int fd() const noexcept { return fd_; }
-  bool closed() const noexcept { return closed_; }
-
-  void close() noexcept override;
-  // close(), and the owner will not touch this object again.
-  void release() noexcept;
 
  private:
   FdWatcher(Loop& loop, int fd, Callback callback, void* ctx);
   ~FdWatcher() override = default;
+  uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&poll_); }
   static void on_poll(uv_poll_t* handle, int status, int events);
-  void maybe_delete() noexcept;
 
   uv_poll_t poll_{};
   Callback callback_;
   void* ctx_;
   int fd_;
   int events_ = 0;
-  bool closed_ = false;
-  bool uv_closed_ = false;
-  bool released_ = false;
 };
 
 }  // namespace shardloop

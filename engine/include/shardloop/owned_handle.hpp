@@ -1,6 +1,10 @@
-// Engine objects that own a libuv handle register with their loop, so that
-// Loop::close() can close whatever their owners left open.
+// Engine objects that own a libuv handle share one lifecycle: they register
+// with their loop (so Loop::close() closes whatever their owners left open),
+// close() stops callbacks at once, and the object is freed when both libuv
+// has finished closing the handle and its owner has called release().
 #pragma once
+
+#include <uv.h>
 
 namespace shardloop {
 
@@ -11,23 +15,31 @@ class OwnedHandle {
   OwnedHandle(const OwnedHandle&) = delete;
   OwnedHandle& operator=(const OwnedHandle&) = delete;
 
-  // Stops callbacks at once and closes the libuv handle; idempotent. The
-  // object is freed once libuv is done with it and its owner has let go.
-  virtual void close() noexcept = 0;
+  // Stops callbacks and closes the libuv handle; idempotent.
+  void close() noexcept;
+  // close(), and the owner will not touch this object again.
+  void release() noexcept;
+  bool closed() const noexcept { return closed_; }
 
  protected:
   explicit OwnedHandle(Loop& loop);
   virtual ~OwnedHandle();
-  // Called by close(): the loop no longer needs to close this one.
-  void detach() noexcept;
+  virtual uv_handle_t* uv_handle() noexcept = 0;
+  // Runs first in close(): cancel what the subclass has in flight.
+  virtual void on_close() noexcept {}
 
   Loop& loop_;
 
  private:
   friend class Loop;
+  void maybe_delete() noexcept;
+
   OwnedHandle* prev_ = nullptr;
   OwnedHandle* next_ = nullptr;
   bool attached_ = false;
+  bool closed_ = false;
+  bool uv_closed_ = false;
+  bool released_ = false;
 };
 
 }  // namespace shardloop

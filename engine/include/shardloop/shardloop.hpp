@@ -5,6 +5,7 @@
 #include "shardloop/fd_watcher.hpp"
 #include "shardloop/loop.hpp"
 #include "shardloop/ring_queue.hpp"
+#include "shardloop/tcp_stream.hpp"
 #include "shardloop/timer_heap.hpp"
 #include "shardloop/version.hpp"
 #include "shardloop/work.hpp"

@@ -12,6 +12,9 @@ namespace shardloop {
 
 struct TimerNode {
   static constexpr std::size_t kNotScheduled = static_cast<std::size_t>(-1);
+  // Due, taken out of the heap while the loop runs its due timers, and put
+  // back afterwards: still scheduled as far as cancel()/schedule() go.
+  static constexpr std::size_t kSetAside = static_cast<std::size_t>(-2);
   double when = 0;
   std::uint64_t seq = 0;
   std::size_t heap_index = kNotScheduled;

@@ -1,0 +1,52 @@
+// A connected TCP socket on uv_tcp_t: reads delivered as they arrive, writes
+// attempted at once and queued (copied) for the rest, in order.
+#pragma once
+
+#include <uv.h>
+
+#include <cstddef>
+#include <memory>
+
+#include "shardloop/owned_handle.hpp"
+
+namespace shardloop {
+
+class TcpStream final : public OwnedHandle {
+ public:
+  struct Callbacks {
+    void* ctx = nullptr;
+    // nread > 0: data; UV_EOF: the peer shut down its side; < 0: error.
+    void (*on_read)(void* ctx, const char* data, ssize_t nread) noexcept = nullptr;
+    // A queued write finished (status < 0: it failed); `queued` bytes remain.
+    void (*on_write)(void* ctx, int status, std::size_t queued) noexcept = nullptr;
+    void (*on_shutdown)(void* ctx, int status) noexcept = nullptr;
+  };
+
+  // Takes ownership of `fd` (a connected socket). Throws std::system_error.
+  static TcpStream* open(Loop& loop, int fd, const Callbacks& callbacks);
+
+  // These return 0 or a negative libuv error code.
+  int read_start();
+  int read_stop();
+  int write(const char* data, std::size_t len);
+  int shutdown();
+
+  std::size_t queued() const noexcept { return queued_; }
+  bool reading() const noexcept { return reading_; }
+
+ private:
+  struct WriteReq;
+  TcpStream(Loop& loop, const Callbacks& callbacks);
+  ~TcpStream() override = default;
+  uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&tcp_); }
+  uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+
+  uv_tcp_t tcp_{};
+  uv_shutdown_t shutdown_req_{};
+  Callbacks callbacks_;
+  std::unique_ptr<char[]> read_buffer_;
+  std::size_t queued_ = 0;
+  bool reading_ = false;
+};
+
+}  // namespace shardloop

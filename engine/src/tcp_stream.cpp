@@ -1,0 +1,122 @@
+#include "shardloop/tcp_stream.hpp"
+
+#include <cstring>
+#include <new>
+#include <system_error>
+
+#include "shardloop/loop.hpp"
+
+namespace shardloop {
+
+namespace {
+constexpr std::size_t kReadBufferSize = 256 * 1024;
+}
+
+struct TcpStream::WriteReq {
+  uv_write_t req;
+  TcpStream* stream;
+  std::size_t len;
+  char data[1];  // len bytes, allocated with the request
+
+  static WriteReq* make(TcpStream* stream, const char* data, std::size_t len) {
+    void* mem = ::operator new(offsetof(WriteReq, data) + len);
+    auto* req = static_cast<WriteReq*>(mem);
+    req->stream = stream;
+    req->len = len;
+    std::memcpy(req->data, data, len);
+    return req;
+  }
+  static void destroy(WriteReq* req) { ::operator delete(req); }
+};
+
+TcpStream::TcpStream(Loop& loop, const Callbacks& callbacks) : OwnedHandle(loop), callbacks_(callbacks) {}
+
+TcpStream* TcpStream::open(Loop& loop, int fd, const Callbacks& callbacks) {
+  if (loop.is_closed()) throw std::logic_error("Event loop is closed");
+  auto* self = new TcpStream(loop, callbacks);
+  int rc = uv_tcp_init(loop.uv(), &self->tcp_);
+  if (rc == 0) {
+    self->tcp_.data = self;
+    rc = uv_tcp_open(&self->tcp_, fd);
+    if (rc != 0) {
+      self->release();  // closes the initialized handle; freed by libuv's callback
+      throw std::system_error(-rc, std::generic_category(), "uv_tcp_open");
+    }
+    return self;
+  }
+  delete self;
+  throw std::system_error(-rc, std::generic_category(), "uv_tcp_init");
+}
+
+int TcpStream::read_start() {
+  if (closed()) return UV_EBADF;
+  if (reading_) return 0;
+  int rc = uv_read_start(
+      stream(),
+      [](uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
+        auto* self = static_cast<TcpStream*>(handle->data);
+        if (!self->read_buffer_) self->read_buffer_.reset(new (std::nothrow) char[kReadBufferSize]);
+        *buf = self->read_buffer_ ? uv_buf_init(self->read_buffer_.get(), kReadBufferSize) : uv_buf_init(nullptr, 0);
+      },
+      [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
+        auto* self = static_cast<TcpStream*>(s->data);
+        if (nread == 0 || self->closed()) return;
+        self->loop_.resume();
+        self->callbacks_.on_read(self->callbacks_.ctx, buf->base, nread);
+      });
+  if (rc == 0) reading_ = true;
+  return rc;
+}
+
+int TcpStream::read_stop() {
+  if (!reading_ || closed()) return 0;
+  reading_ = false;
+  return uv_read_stop(stream());
+}
+
+int TcpStream::write(const char* data, std::size_t len) {
+  if (closed()) return UV_EBADF;
+  if (len == 0) return 0;
+  // Order: nothing may overtake bytes already queued.
+  if (queued_ == 0) {
+    uv_buf_t buf = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
+    int n = uv_try_write(stream(), &buf, 1);
+    if (n > 0) {
+      data += n;
+      len -= static_cast<std::size_t>(n);
+      if (len == 0) return 0;
+    } else if (n != UV_EAGAIN) {
+      return n;
+    }
+  }
+  WriteReq* req = WriteReq::make(this, data, len);
+  uv_buf_t buf = uv_buf_init(req->data, static_cast<unsigned>(len));
+  int rc = uv_write(&req->req, stream(), &buf, 1, [](uv_write_t* w, int status) {
+    auto* r = reinterpret_cast<WriteReq*>(w);
+    TcpStream* self = r->stream;
+    self->queued_ -= r->len;
+    WriteReq::destroy(r);
+    if (self->closed()) return;
+    self->loop_.resume();
+    self->callbacks_.on_write(self->callbacks_.ctx, status, self->queued_);
+  });
+  if (rc != 0) {
+    WriteReq::destroy(req);
+    return rc;
+  }
+  queued_ += len;
+  return 0;
+}
+
+int TcpStream::shutdown() {
+  if (closed()) return UV_EBADF;
+  shutdown_req_.data = this;
+  return uv_shutdown(&shutdown_req_, stream(), [](uv_shutdown_t* req, int status) {
+    auto* self = static_cast<TcpStream*>(req->data);
+    if (self->closed()) return;
+    self->loop_.resume();
+    self->callbacks_.on_shutdown(self->callbacks_.ctx, status);
+  });
+}
+
+}  // namespace shardloop
