@@ -21,6 +21,7 @@ from typing import Any, Callable
 from . import _core
 from ._fdio import FdIOMixin
 from ._pending import install_pending_methods
+from ._tcp import TcpMixin
 
 logger = logging.getLogger("asyncio")  # same logger as asyncio's own loop
 
@@ -43,7 +44,7 @@ def _stop_when_done(fut: asyncio.Future) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.Loop, FdIOMixin, asyncio.AbstractEventLoop):
+class Loop(_core.Loop, FdIOMixin, TcpMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop on libuv."""
 
     def __init__(self) -> None:

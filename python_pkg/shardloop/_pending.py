@@ -9,8 +9,7 @@ from typing import Any
 
 _AREAS = {
     "networking (TCP, Unix, UDP, pipes, sock_*, sendfile)": (
-        "create_connection", "create_server", "sendfile", "create_unix_connection",
-        "create_unix_server", "connect_accepted_socket", "create_datagram_endpoint",
+        "sendfile", "create_unix_connection", "create_unix_server", "create_datagram_endpoint",
         "connect_read_pipe", "connect_write_pipe", "sock_sendfile",
     ),
     "TLS, subprocesses and signals": (

@@ -16,6 +16,9 @@ class FdWatcher final : public OwnedHandle {
   // on the fd reports every watched event, as a selector would.
   using Callback = void (*)(void* ctx, int events) noexcept;
 
+  // Watches a private duplicate of `fd`: an owner that closes its fd
+  // while a watch is set (asyncio tolerates that) then cannot make libuv
+  // register a dead fd, or collide with the next fd given that number.
   // Throws std::system_error (e.g. EPERM for a regular file).
   static FdWatcher* open(Loop& loop, int fd, Callback callback, void* ctx);
 
@@ -28,12 +31,14 @@ class FdWatcher final : public OwnedHandle {
   FdWatcher(Loop& loop, int fd, Callback callback, void* ctx);
   ~FdWatcher() override = default;
   uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&poll_); }
+  void on_close() noexcept override;
   static void on_poll(uv_poll_t* handle, int status, int events);
 
   uv_poll_t poll_{};
   Callback callback_;
   void* ctx_;
   int fd_;
+  int poll_fd_ = -1;  // our duplicate of fd_
   int events_ = 0;
 };
 

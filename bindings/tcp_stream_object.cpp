@@ -1,0 +1,237 @@
+// shardloop._core.TcpStream: the native half of a TCP transport. The
+// asyncio semantics (protocol calls, flow control, close ordering) live in
+// python_pkg/shardloop/_transport.py; this type moves the bytes.
+#include <system_error>
+
+#include "common.hpp"
+#include "loop_object.hpp"
+#include "shardloop/tcp_stream.hpp"
+
+namespace shardloop::py {
+
+namespace {
+
+struct TcpStreamObject {
+  PyObject_HEAD
+  LoopObject* loop;
+  TcpStream* stream;
+  PyObject* on_read;      // on_read(bytes) / on_read(b"") at EOF / on_read(OSError)
+  PyObject* on_write;     // on_write(error or None, queued bytes)
+  PyObject* on_shutdown;  // on_shutdown(error or None)
+};
+
+PyTypeObject* TcpStreamType = nullptr;
+
+PyObject* uv_error(int code) {
+  return PyObject_CallFunction(PyExc_OSError, "is", -code, uv_strerror(code));
+}
+
+// Protocol errors are the Python transport's business; what still escapes
+// here cannot go back through libuv.
+void call_back(TcpStreamObject* self, PyObject* callback, PyObject* args) {
+  if (args == nullptr) {
+    PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(self));
+    return;
+  }
+  PyObject* r = PyObject_Call(callback, args, nullptr);
+  Py_DECREF(args);
+  if (r) {
+    Py_DECREF(r);
+  } else if (exception_must_propagate()) {
+    loop_abort_with_exception(self->loop);
+  } else {
+    PyErr_WriteUnraisable(callback);
+  }
+}
+
+void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
+  auto* self = static_cast<TcpStreamObject*>(ctx);
+  Py_INCREF(self);  // the callback may drop the transport's last reference
+  PyObject* arg;
+  if (nread > 0) {
+    arg = PyBytes_FromStringAndSize(data, nread);
+  } else if (nread == UV_EOF) {
+    arg = PyBytes_FromStringAndSize(nullptr, 0);
+  } else {
+    arg = uv_error(static_cast<int>(nread));
+  }
+  call_back(self, self->on_read, arg ? Py_BuildValue("(N)", arg) : nullptr);
+  Py_DECREF(self);
+}
+
+PyObject* error_or_none(int status) { return status < 0 ? uv_error(status) : Py_NewRef(Py_None); }
+
+void on_write(void* ctx, int status, std::size_t queued) noexcept {
+  auto* self = static_cast<TcpStreamObject*>(ctx);
+  Py_INCREF(self);
+  PyObject* err = error_or_none(status);
+  call_back(self, self->on_write, err ? Py_BuildValue("(Nn)", err, static_cast<Py_ssize_t>(queued)) : nullptr);
+  Py_DECREF(self);
+}
+
+void on_shutdown(void* ctx, int status) noexcept {
+  auto* self = static_cast<TcpStreamObject*>(ctx);
+  Py_INCREF(self);
+  PyObject* err = error_or_none(status);
+  call_back(self, self->on_shutdown, err ? Py_BuildValue("(N)", err) : nullptr);
+  Py_DECREF(self);
+}
+
+PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
+  static const char* kwlist[] = {"loop", "fd", "on_read", "on_write", "on_shutdown", nullptr};
+  PyObject *loop, *on_read_cb, *on_write_cb, *on_shutdown_cb;
+  int fd;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iOOO", const_cast<char**>(kwlist), LoopType, &loop, &fd,
+                                   &on_read_cb, &on_write_cb, &on_shutdown_cb)) {
+    return nullptr;
+  }
+  auto* lp = reinterpret_cast<LoopObject*>(loop);
+  if (lp->engine->is_closed()) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  auto* self = reinterpret_cast<TcpStreamObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->loop = reinterpret_cast<LoopObject*>(Py_NewRef(loop));
+  self->on_read = Py_NewRef(on_read_cb);
+  self->on_write = Py_NewRef(on_write_cb);
+  self->on_shutdown = Py_NewRef(on_shutdown_cb);
+  try {
+    self->stream = TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown});
+  } catch (const std::system_error& e) {
+    Py_DECREF(self);
+    errno = e.code().value();
+    return PyErr_SetFromErrno(PyExc_OSError);
+  }
+  return reinterpret_cast<PyObject*>(self);
+}
+
+PyObject* check(TcpStreamObject* self, int rc) {
+  if (rc < 0) {
+    PyObject* err = uv_error(rc);
+    if (err) {
+      PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err)), err);
+      Py_DECREF(err);
+    }
+    return nullptr;
+  }
+  (void)self;
+  Py_RETURN_NONE;
+}
+
+bool usable(TcpStreamObject* self) {
+  if (self->stream == nullptr || self->stream->closed()) {
+    PyErr_SetString(PyExc_RuntimeError, "stream is closed");
+    return false;
+  }
+  return true;
+}
+
+PyObject* tcp_read_start(TcpStreamObject* self, PyObject*) {
+  return usable(self) ? check(self, self->stream->read_start()) : nullptr;
+}
+
+PyObject* tcp_read_stop(TcpStreamObject* self, PyObject*) {
+  return usable(self) ? check(self, self->stream->read_stop()) : nullptr;
+}
+
+PyObject* tcp_write(TcpStreamObject* self, PyObject* data) {
+  if (!usable(self)) return nullptr;
+  Py_buffer view;
+  if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return nullptr;
+  int rc;
+  try {
+    rc = self->stream->write(static_cast<const char*>(view.buf), static_cast<std::size_t>(view.len));
+  } catch (const std::bad_alloc&) {
+    PyBuffer_Release(&view);
+    return PyErr_NoMemory();
+  }
+  PyBuffer_Release(&view);
+  if (rc < 0) return check(self, rc);
+  return PyLong_FromSize_t(self->stream->queued());
+}
+
+PyObject* tcp_shutdown(TcpStreamObject* self, PyObject*) {
+  return usable(self) ? check(self, self->stream->shutdown()) : nullptr;
+}
+
+PyObject* tcp_close(TcpStreamObject* self, PyObject*) {
+  if (self->stream) {
+    self->stream->release();
+    self->stream = nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* tcp_get_queued(TcpStreamObject* self, void*) {
+  return PyLong_FromSize_t(self->stream && !self->stream->closed() ? self->stream->queued() : 0);
+}
+
+PyObject* tcp_get_closed(TcpStreamObject* self, void*) {
+  return PyBool_FromLong(self->stream == nullptr || self->stream->closed());
+}
+
+int tcp_traverse(TcpStreamObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(self->loop);
+  Py_VISIT(self->on_read);
+  Py_VISIT(self->on_write);
+  Py_VISIT(self->on_shutdown);
+  return 0;
+}
+
+int tcp_clear(TcpStreamObject* self) {
+  Py_CLEAR(self->on_read);
+  Py_CLEAR(self->on_write);
+  Py_CLEAR(self->on_shutdown);
+  return 0;
+}
+
+void tcp_dealloc(TcpStreamObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  if (self->stream) self->stream->release();
+  tcp_clear(self);
+  Py_CLEAR(self->loop);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyMethodDef tcp_methods[] = {
+    {"read_start", reinterpret_cast<PyCFunction>(tcp_read_start), METH_NOARGS, nullptr},
+    {"read_stop", reinterpret_cast<PyCFunction>(tcp_read_stop), METH_NOARGS, nullptr},
+    {"write", reinterpret_cast<PyCFunction>(tcp_write), METH_O, "Write now or queue; returns bytes queued."},
+    {"shutdown", reinterpret_cast<PyCFunction>(tcp_shutdown), METH_NOARGS, nullptr},
+    {"close", reinterpret_cast<PyCFunction>(tcp_close), METH_NOARGS, nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyGetSetDef tcp_getset[] = {
+    {"queued", reinterpret_cast<getter>(tcp_get_queued), nullptr, nullptr, nullptr},
+    {"closed", reinterpret_cast<getter>(tcp_get_closed), nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyType_Slot tcp_slots[] = {
+    {Py_tp_new, reinterpret_cast<void*>(tcp_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(tcp_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(tcp_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(tcp_clear)},
+    {Py_tp_methods, tcp_methods},
+    {Py_tp_getset, tcp_getset},
+    {0, nullptr},
+};
+
+PyType_Spec tcp_spec = {
+    "shardloop._core.TcpStream", sizeof(TcpStreamObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, tcp_slots,
+};
+
+}  // namespace
+
+int init_tcp_stream_type(PyObject* module) {
+  TcpStreamType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tcp_spec, nullptr));
+  if (TcpStreamType == nullptr) return -1;
+  return PyModule_AddObjectRef(module, "TcpStream", reinterpret_cast<PyObject*>(TcpStreamType));
+}
+
+}  // namespace shardloop::py

@@ -1,0 +1,250 @@
+"""TCP servers and connections of shardloop.Loop: sockets are made, bound
+and connected here with asyncio's rules (and asyncio's own Server class runs
+them); each connection's bytes then flow through the native TcpTransport."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import itertools
+import socket
+from asyncio import base_events, trsock
+from typing import Any, Callable
+
+from ._transport import TcpTransport
+
+# asyncio pauses accepting this long when out of descriptors.
+_ACCEPT_RETRY_DELAY = 1.0
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _no_tls(ssl: Any, what: str) -> None:
+    if ssl is not None and ssl is not False:
+        raise NotImplementedError(f"shardloop does not implement {what}(ssl=...) yet: "
+                                  "it is part of the TLS, subprocesses and signals work")
+
+
+def _check_stream_socket(sock: socket.socket) -> None:
+    if sock.type != socket.SOCK_STREAM:
+        raise ValueError(f"A Stream Socket was expected, got {sock!r}")
+
+
+class TcpMixin:
+    """Mixed into shardloop.Loop."""
+
+    async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                                host: Any = None, port: Any = None, *, ssl: Any = None,
+                                family: int = 0, proto: int = 0, flags: int = 0,
+                                sock: socket.socket | None = None, local_addr: Any = None,
+                                server_hostname: Any = None, ssl_handshake_timeout: Any = None,
+                                ssl_shutdown_timeout: Any = None, happy_eyeballs_delay: Any = None,
+                                interleave: Any = None, all_errors: bool = False) -> tuple:
+        if server_hostname is not None and not ssl:
+            raise ValueError("server_hostname is only meaningful with ssl")
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _no_tls(ssl, "create_connection")
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sock = await self._connect_any(host, port, family, proto, flags, local_addr, all_errors)
+        elif sock is None:
+            raise ValueError("host and port was not specified and no sock specified")
+        else:
+            _check_stream_socket(sock)
+        return await self._make_connection(sock, protocol_factory)
+
+    async def _connect_any(self, host: Any, port: Any, family: int, proto: int, flags: int,
+                           local_addr: Any, all_errors: bool) -> socket.socket:
+        infos = await self.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
+                                       proto=proto, flags=flags)
+        if not infos:
+            raise OSError("getaddrinfo() returned empty list")
+        local_infos = None
+        if local_addr is not None:
+            local_infos = await self.getaddrinfo(*local_addr, family=family, type=socket.SOCK_STREAM,
+                                                 proto=proto, flags=flags)
+            if not local_infos:
+                raise OSError("getaddrinfo() returned empty list")
+        exceptions: list[BaseException] = []
+        for fam, type_, pro, _, address in infos:
+            try:
+                return await self._connect_one(fam, type_, pro, address, local_infos)
+            except OSError as exc:
+                exceptions.append(exc)
+        if all_errors:
+            raise ExceptionGroup("create_connection failed", exceptions)
+        if len(exceptions) == 1 or len({str(e) for e in exceptions}) == 1:
+            raise exceptions[0]
+        raise OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in exceptions)))
+
+    async def _connect_one(self, family: int, type_: int, proto: int, address: Any,
+                           local_infos: list | None) -> socket.socket:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            if local_infos is not None:
+                for lfamily, _, _, _, laddr in local_infos:
+                    if lfamily != family:
+                        continue
+                    try:
+                        sock.bind(laddr)
+                        break
+                    except OSError as exc:
+                        raise OSError(exc.errno, f"error while attempting to bind on address "
+                                                 f"{laddr!r}: {exc.strerror.lower()}") from None
+                else:
+                    raise OSError(f"no matching local address with family={family} found")
+            await self.sock_connect(sock, address)
+            return sock
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _make_connection(self, sock: socket.socket, protocol_factory: Callable[[], Any],
+                               server: Any = None) -> tuple:
+        sock.setblocking(False)
+        protocol = protocol_factory()
+        waiter = self.create_future()
+        transport = TcpTransport(self, sock, protocol, waiter, server=server)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    async def connect_accepted_socket(self, protocol_factory: Callable[[], Any], sock: socket.socket, *,
+                                      ssl: Any = None, ssl_handshake_timeout: Any = None,
+                                      ssl_shutdown_timeout: Any = None) -> tuple:
+        _check_stream_socket(sock)
+        if ssl_handshake_timeout is not None and not ssl:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and not ssl:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _no_tls(ssl, "connect_accepted_socket")
+        return await self._make_connection(sock, protocol_factory)
+
+    async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None,
+                            *, family: int = socket.AF_UNSPEC, flags: int = socket.AI_PASSIVE,
+                            sock: socket.socket | None = None, backlog: int = 100, ssl: Any = None,
+                            reuse_address: bool | None = None, reuse_port: bool | None = None,
+                            keep_alive: bool | None = None, ssl_handshake_timeout: Any = None,
+                            ssl_shutdown_timeout: Any = None, start_serving: bool = True) -> Any:
+        if isinstance(ssl, bool):
+            raise TypeError("ssl argument must be an SSLContext or None")
+        if ssl_handshake_timeout is not None and ssl is None:
+            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
+        if ssl_shutdown_timeout is not None and ssl is None:
+            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
+        _no_tls(ssl, "create_server")
+        if host is not None or port is not None:
+            if sock is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            sockets = await self._bind_all(host, port, family, flags, reuse_address, reuse_port, keep_alive)
+        else:
+            if sock is None:
+                raise ValueError("Neither host/port nor sock were specified")
+            _check_stream_socket(sock)
+            sockets = [sock]
+        for s in sockets:
+            s.setblocking(False)
+        server = base_events.Server(self, sockets, protocol_factory, ssl, backlog,
+                                    ssl_handshake_timeout, ssl_shutdown_timeout)
+        if start_serving:
+            server._start_serving()
+            await asyncio.sleep(0)  # let the listeners start, as asyncio does
+        return server
+
+    async def _bind_all(self, host: Any, port: Any, family: int, flags: int, reuse_address: Any,
+                        reuse_port: Any, keep_alive: Any) -> list:
+        hosts = [host] if host == "" or isinstance(host, str) or not hasattr(host, "__iter__") else host
+        hosts = [None if h == "" else h for h in hosts]
+        infos = set(itertools.chain.from_iterable(await asyncio.gather(*[
+            self.getaddrinfo(h, port, family=family, type=socket.SOCK_STREAM, flags=flags) for h in hosts])))
+        if reuse_address is None:
+            reuse_address = True
+        sockets: list[socket.socket] = []
+        try:
+            for af, type_, proto, _, address in infos:
+                try:
+                    s = socket.socket(af, type_, proto)
+                except socket.error:
+                    continue  # e.g. IPv6 not supported by the kernel
+                sockets.append(s)
+                if reuse_address:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, True)
+                if reuse_port:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, True)
+                if keep_alive:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, True)
+                if af == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, True)
+                try:
+                    s.bind(address)
+                except OSError as err:
+                    raise OSError(err.errno, f"error while attempting to bind on address "
+                                             f"{address!r}: {err.strerror.lower()}") from None
+        except BaseException:
+            for s in sockets:
+                s.close()
+            raise
+        if not sockets:
+            raise OSError("could not bind on any address out of {!r}".format([i[4] for i in infos]))
+        return sockets
+
+    # asyncio.Server drives these two.
+    def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
+                       sslcontext: Any = None, server: Any = None, backlog: int = 100,
+                       *args: Any) -> None:
+        self.add_reader(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
+
+    def _stop_serving(self, sock: socket.socket) -> None:
+        self.remove_reader(sock.fileno())
+        sock.close()
+
+    def _accept_ready(self, protocol_factory: Callable[[], Any], sock: socket.socket, server: Any,
+                      backlog: int) -> None:
+        # Up to `backlog` connections per readiness event, like asyncio.
+        for _ in range(backlog):
+            try:
+                conn, address = sock.accept()
+                conn.setblocking(False)
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _OUT_OF_RESOURCES:
+                    raise
+                # Out of descriptors: report, stop accepting for a moment,
+                # and keep the server alive.
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                self.remove_reader(sock.fileno())
+                self.call_later(_ACCEPT_RETRY_DELAY, self._resume_accepting, protocol_factory, sock,
+                                server, backlog)
+                return
+            self._serve_connection(protocol_factory, conn, address, server)
+
+    def _resume_accepting(self, protocol_factory: Callable[[], Any], sock: socket.socket, server: Any,
+                          backlog: int) -> None:
+        if server is not None and server.is_serving() and sock.fileno() != -1:
+            self._start_serving(protocol_factory, sock, None, server, backlog)
+
+    def _serve_connection(self, protocol_factory: Callable[[], Any], conn: socket.socket, address: Any,
+                          server: Any) -> None:
+        try:
+            protocol = protocol_factory()
+            TcpTransport(self, conn, protocol, extra={"peername": address}, server=server)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            conn.close()
+            self.call_exception_handler({
+                "message": "Error on transport creation for incoming connection",
+                "exception": exc,
+            })

@@ -1,0 +1,304 @@
+"""The TCP transport: asyncio's Transport contract over the native
+_core.TcpStream (libuv moves the bytes; this class keeps asyncio's rules for
+protocol calls, flow control and the order of closing)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import warnings
+from asyncio import trsock
+from typing import Any
+
+from . import _core
+
+logger = logging.getLogger("asyncio")
+
+# asyncio warns after this many writes to a lost connection.
+_LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+
+
+def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
+    if not fut.cancelled():
+        fut.set_result(result)
+
+
+class TcpTransport(asyncio.Transport):
+    def __init__(self, loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                 waiter: asyncio.Future | None = None, extra: dict | None = None,
+                 server: Any = None) -> None:
+        super().__init__(extra)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
+            if key not in self._extra:
+                try:
+                    self._extra[key] = getter()
+                except OSError:
+                    self._extra[key] = None
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._loop = loop
+        self._sock: socket.socket | None = sock
+        # libuv gets a duplicate: the socket object keeps its own descriptor,
+        # so get_extra_info('socket') stays a real socket and each side
+        # closes exactly what it owns.
+        fd = os.dup(sock.fileno())
+        try:
+            self._stream = _core.TcpStream(loop, fd, self._on_read, self._on_write, self._on_shutdown)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._protocol: Any = None
+        self.set_protocol(protocol)
+        self._closing = False
+        self._conn_lost = 0
+        self._eof = False
+        self._paused = False
+        self._protocol_paused = False
+        self._high_water = 64 * 1024
+        self._low_water = 16 * 1024
+        self._server = server
+        if server is not None:
+            _server_attach(server, self)
+        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._sock is None else ("closing" if self._closing else "open")
+        return f"<TcpTransport {state} fd={self._sock.fileno() if self._sock else -1}>"
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._stream.close()
+            self._sock.close()
+
+    # -- protocol ----------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    # -- reading -----------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if not self._closing and not self._paused:
+            self._stream.read_start()
+
+    def is_reading(self) -> bool:
+        return not self._paused and not self._closing
+
+    def pause_reading(self) -> None:
+        if self._closing or self._paused:
+            return
+        self._paused = True
+        self._stream.read_stop()
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._stream.read_start()
+
+    def _on_read(self, data: Any) -> None:
+        if data.__class__ is not bytes:
+            self._fatal_error(data, "Fatal read error on socket transport")
+            return
+        if not data:
+            self._on_eof()
+            return
+        try:
+            if self._buffered:
+                self._feed_buffered(data)
+            else:
+                self._protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            what = "buffer_updated()" if self._buffered else "data_received()"
+            self._fatal_error(exc, f"Fatal error: protocol.{what} call failed.")
+
+    def _feed_buffered(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            buf = memoryview(self._protocol.get_buffer(len(view))).cast("B")
+            if not len(buf):
+                raise RuntimeError("get_buffer() returned an empty buffer")
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self._protocol.buffer_updated(n)
+            view = view[n:]
+
+    def _on_eof(self) -> None:
+        self._stream.read_stop()
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
+        if not keep_open:
+            self.close()
+
+    # -- writing -----------------------------------------------------------
+
+    def write(self, data: Any) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if self._eof:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if not data:
+            return
+        if self._conn_lost:
+            if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        try:
+            queued = self._stream.write(data)
+        except OSError as exc:
+            self._fatal_error(exc, "Fatal write error on socket transport")
+            return
+        if queued > self._high_water:
+            self._pause_protocol()
+
+    def writelines(self, list_of_data: Any) -> None:
+        self.write(b"".join(list_of_data))
+
+    def _on_write(self, error: OSError | None, queued: int) -> None:
+        if error is not None:
+            self._fatal_error(error, "Fatal write error on socket transport")
+            return
+        if self._protocol_paused and queued <= self._low_water:
+            self._resume_protocol()
+        if queued == 0 and self._closing and not self._conn_lost:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def write_eof(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._eof = True
+        self._stream.shutdown()  # libuv sends the FIN after what is queued
+
+    def _on_shutdown(self, error: OSError | None) -> None:
+        pass  # a peer that already went away is reported by the read side
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_write_buffer_size(self) -> int:
+        return self._stream.queued
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water, self._low_water = high, low
+        if self.get_write_buffer_size() > high:
+            self._pause_protocol()
+
+    def _pause_protocol(self) -> None:
+        if self._protocol_paused:
+            return
+        self._protocol_paused = True
+        self._call_flow_control("pause_writing")
+
+    def _resume_protocol(self) -> None:
+        self._protocol_paused = False
+        self._call_flow_control("resume_writing")
+
+    def _call_flow_control(self, name: str) -> None:
+        try:
+            getattr(self._protocol, name)()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler({
+                "message": f"protocol.{name}() failed",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+
+    # -- closing -----------------------------------------------------------
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stream.read_stop()
+        if self._stream.queued == 0:
+            self._conn_lost += 1
+            self._loop.call_soon(self._call_connection_lost, None)
+        # else: _on_write calls connection_lost once the queue has drained
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        if not self._closing:
+            self._closing = True
+            self._stream.read_stop()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            self._stream.close()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            self._protocol = None
+            server, self._server = self._server, None
+            if server is not None:
+                _server_detach(server, self)
+
+
+def _server_attach(server: Any, transport: Any) -> None:
+    # asyncio.Server tracks its transports from 3.13 on, counts them before.
+    try:
+        server._attach(transport)
+    except TypeError:
+        server._attach()
+
+
+def _server_detach(server: Any, transport: Any) -> None:
+    try:
+        server._detach(transport)
+    except TypeError:
+        server._detach()
