@@ -27,14 +27,13 @@ PyObject* uv_error(int code) {
 }
 
 // Protocol errors are the Python transport's business; what still escapes
-// here cannot go back through libuv.
-void call_back(TcpStreamObject* self, PyObject* callback, PyObject* args) {
-  if (args == nullptr) {
-    PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(self));
-    return;
-  }
-  PyObject* r = PyObject_Call(callback, args, nullptr);
-  Py_DECREF(args);
+// here cannot go back through libuv. Steals the references in `args`.
+void call_back(TcpStreamObject* self, PyObject* callback, PyObject* const* args, Py_ssize_t nargs) {
+  PyObject* r = nullptr;
+  bool built = true;
+  for (Py_ssize_t i = 0; i < nargs; ++i) built = built && args[i] != nullptr;
+  if (built) r = PyObject_Vectorcall(callback, args, nargs, nullptr);
+  for (Py_ssize_t i = 0; i < nargs; ++i) Py_XDECREF(args[i]);
   if (r) {
     Py_DECREF(r);
   } else if (exception_must_propagate()) {
@@ -55,7 +54,8 @@ void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   } else {
     arg = uv_error(static_cast<int>(nread));
   }
-  call_back(self, self->on_read, arg ? Py_BuildValue("(N)", arg) : nullptr);
+  PyObject* args[] = {arg};
+  call_back(self, self->on_read, args, 1);
   Py_DECREF(self);
 }
 
@@ -64,16 +64,16 @@ PyObject* error_or_none(int status) { return status < 0 ? uv_error(status) : Py_
 void on_write(void* ctx, int status, std::size_t queued) noexcept {
   auto* self = static_cast<TcpStreamObject*>(ctx);
   Py_INCREF(self);
-  PyObject* err = error_or_none(status);
-  call_back(self, self->on_write, err ? Py_BuildValue("(Nn)", err, static_cast<Py_ssize_t>(queued)) : nullptr);
+  PyObject* args[] = {error_or_none(status), PyLong_FromSize_t(queued)};
+  call_back(self, self->on_write, args, 2);
   Py_DECREF(self);
 }
 
 void on_shutdown(void* ctx, int status) noexcept {
   auto* self = static_cast<TcpStreamObject*>(ctx);
   Py_INCREF(self);
-  PyObject* err = error_or_none(status);
-  call_back(self, self->on_shutdown, err ? Py_BuildValue("(N)", err) : nullptr);
+  PyObject* args[] = {error_or_none(status)};
+  call_back(self, self->on_shutdown, args, 1);
   Py_DECREF(self);
 }
 
