@@ -18,6 +18,9 @@ struct TcpStreamObject {
   PyObject* on_read;      // on_read(bytes) / on_read(b"") at EOF / on_read(OSError)
   PyObject* on_write;     // on_write(error or None, queued bytes)
   PyObject* on_shutdown;  // on_shutdown(error or None)
+  // Completed writes are reported only while the transport asks (protocol
+  // paused, or closing with data queued); errors always are.
+  bool notify_writes;
 };
 
 PyTypeObject* TcpStreamType = nullptr;
@@ -63,6 +66,7 @@ PyObject* error_or_none(int status) { return status < 0 ? uv_error(status) : Py_
 
 void on_write(void* ctx, int status, std::size_t queued) noexcept {
   auto* self = static_cast<TcpStreamObject*>(ctx);
+  if (status >= 0 && !self->notify_writes) return;
   Py_INCREF(self);
   PyObject* args[] = {error_or_none(status), PyLong_FromSize_t(queued)};
   call_back(self, self->on_write, args, 2);
@@ -167,6 +171,15 @@ PyObject* tcp_get_queued(TcpStreamObject* self, void*) {
   return PyLong_FromSize_t(self->stream && !self->stream->closed() ? self->stream->queued() : 0);
 }
 
+PyObject* tcp_get_notify_writes(TcpStreamObject* self, void*) { return PyBool_FromLong(self->notify_writes); }
+
+int tcp_set_notify_writes(TcpStreamObject* self, PyObject* value, void*) {
+  int flag = value ? PyObject_IsTrue(value) : 0;
+  if (flag < 0) return -1;
+  self->notify_writes = flag;
+  return 0;
+}
+
 PyObject* tcp_get_closed(TcpStreamObject* self, void*) {
   return PyBool_FromLong(self->stream == nullptr || self->stream->closed());
 }
@@ -209,6 +222,8 @@ PyMethodDef tcp_methods[] = {
 PyGetSetDef tcp_getset[] = {
     {"queued", reinterpret_cast<getter>(tcp_get_queued), nullptr, nullptr, nullptr},
     {"closed", reinterpret_cast<getter>(tcp_get_closed), nullptr, nullptr, nullptr},
+    {"notify_writes", reinterpret_cast<getter>(tcp_get_notify_writes), reinterpret_cast<setter>(tcp_set_notify_writes),
+     nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 

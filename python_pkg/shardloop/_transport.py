@@ -173,6 +173,8 @@ class TcpTransport(asyncio.Transport):
     def writelines(self, list_of_data: Any) -> None:
         self.write(b"".join(list_of_data))
 
+    # Called for write errors, and for completed writes only while
+    # _stream.notify_writes is set (protocol paused, or closing).
     def _on_write(self, error: OSError | None, queued: int) -> None:
         if error is not None:
             self._fatal_error(error, "Fatal write error on socket transport")
@@ -182,6 +184,7 @@ class TcpTransport(asyncio.Transport):
         if queued == 0 and self._closing and not self._conn_lost:
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
+        self._stream.notify_writes = self._protocol_paused or self._closing
 
     def write_eof(self) -> None:
         if self._closing or self._eof:
@@ -216,6 +219,7 @@ class TcpTransport(asyncio.Transport):
         if self._protocol_paused:
             return
         self._protocol_paused = True
+        self._stream.notify_writes = True
         self._call_flow_control("pause_writing")
 
     def _resume_protocol(self) -> None:
@@ -248,7 +252,8 @@ class TcpTransport(asyncio.Transport):
         if self._stream.queued == 0:
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
-        # else: _on_write calls connection_lost once the queue has drained
+        else:  # _on_write calls connection_lost once the queue has drained
+            self._stream.notify_writes = True
 
     def abort(self) -> None:
         self._force_close(None)
