@@ -94,6 +94,11 @@ void Loop::report_on_current(std::exception_ptr error) noexcept {
   print_error(error);
 }
 
+char* Loop::read_buffer() {
+  if (!read_buffer_) read_buffer_.reset(new char[kReadBufferSize]);
+  return read_buffer_.get();
+}
+
 void Loop::push_ready(Work work) {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   ready_.push_back(work);

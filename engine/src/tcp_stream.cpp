@@ -8,10 +8,6 @@
 
 namespace shardloop {
 
-namespace {
-constexpr std::size_t kReadBufferSize = 256 * 1024;
-}
-
 struct TcpStream::WriteReq {
   uv_write_t req;
   TcpStream* stream;
@@ -55,8 +51,11 @@ int TcpStream::read_start() {
       stream(),
       [](uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
         auto* self = static_cast<TcpStream*>(handle->data);
-        if (!self->read_buffer_) self->read_buffer_.reset(new (std::nothrow) char[kReadBufferSize]);
-        *buf = self->read_buffer_ ? uv_buf_init(self->read_buffer_.get(), kReadBufferSize) : uv_buf_init(nullptr, 0);
+        try {
+          *buf = uv_buf_init(self->loop_.read_buffer(), Loop::kReadBufferSize);
+        } catch (const std::bad_alloc&) {
+          *buf = uv_buf_init(nullptr, 0);  // libuv reports UV_ENOBUFS
+        }
       },
       [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
         auto* self = static_cast<TcpStream*>(s->data);

@@ -105,6 +105,12 @@ class Loop {
     timers_.for_each([&](const TimerNode& node) { f(node.work); });
   }
 
+  // One read buffer per loop, shared by its streams: a read callback
+  // consumes the bytes before the next read starts, and one buffer stays
+  // in cache where one per connection would not.
+  static constexpr std::size_t kReadBufferSize = 256 * 1024;
+  char* read_buffer();
+
   std::size_t ready_count() const noexcept { return ready_.size(); }
   std::size_t timer_count() const noexcept { return timers_.size(); }
 
@@ -137,6 +143,7 @@ class Loop {
   RingQueue<Work> ready_;
   TimerHeap timers_;
   std::vector<TimerNode*> set_aside_;
+  std::unique_ptr<char[]> read_buffer_;
   std::unique_ptr<Inbox> inbox_;
   std::atomic<int> inbox_writers_{0};
   // Set by writers after a push: lets the loop thread pull inbox work ahead

@@ -44,7 +44,6 @@ class TcpStream final : public OwnedHandle {
   uv_tcp_t tcp_{};
   uv_shutdown_t shutdown_req_{};
   Callbacks callbacks_;
-  std::unique_ptr<char[]> read_buffer_;
   std::size_t queued_ = 0;
   bool reading_ = false;
 };
