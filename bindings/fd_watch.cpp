@@ -92,7 +92,8 @@ bool parse_fd(PyObject* obj, int* fd) {
   return true;
 }
 
-PyObject* add(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, int side, const char* method) {
+PyObject* add(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, int side, const char* method,
+             bool duplicate = true) {
   if (nargs < 2) {
     PyErr_Format(PyExc_TypeError, "%s() takes at least 2 arguments (%zd given)", method, nargs);
     return nullptr;
@@ -116,7 +117,7 @@ PyObject* add(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, int sid
   if (fresh) {
     slot = new Slot{self, nullptr};
     try {
-      slot->watcher = FdWatcher::open(*self->engine, fd, &on_ready, slot);
+      slot->watcher = FdWatcher::open(*self->engine, fd, &on_ready, slot, duplicate);
     } catch (const std::system_error& e) {
       delete slot;
       Py_DECREF(handle);
@@ -187,6 +188,10 @@ int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg) {
 
 PyObject* loop_add_reader(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
   return add(self, args, nargs, 0, "add_reader");
+}
+
+PyObject* loop_add_listener(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  return add(self, args, nargs, 0, "add_reader", false);
 }
 
 PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {

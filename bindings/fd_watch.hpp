@@ -19,6 +19,10 @@ int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg);
 // -> bool and the writer pair; the Python layer converts file objects first.
 PyObject* loop_add_reader(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
+// _add_listener(fd, callback, *args): _add_reader for a listening socket,
+// watched without spending a descriptor on a duplicate (accepting near the
+// descriptor limit must not compete with its own watch).
+PyObject* loop_add_listener(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* loop_remove_reader(LoopObject* self, PyObject* fd);
 PyObject* loop_remove_writer(LoopObject* self, PyObject* fd);
 

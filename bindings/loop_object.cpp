@@ -369,6 +369,7 @@ PyMethodDef loop_methods[] = {
     {"_run", reinterpret_cast<PyCFunction>(loop_run), METH_NOARGS, nullptr},
     {"_close_native", reinterpret_cast<PyCFunction>(loop_close_native), METH_NOARGS, nullptr},
     {"_add_reader", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_reader)), METH_FASTCALL, nullptr},
+    {"_add_listener", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_listener)), METH_FASTCALL, nullptr},
     {"_add_writer", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_writer)), METH_FASTCALL, nullptr},
     {"_remove_reader", reinterpret_cast<PyCFunction>(loop_remove_reader), METH_O, nullptr},
     {"_remove_writer", reinterpret_cast<PyCFunction>(loop_remove_writer), METH_O, nullptr},

@@ -1,6 +1,7 @@
 // shardloop._core.TcpStream: the native half of a TCP transport. The
 // asyncio semantics (protocol calls, flow control, close ordering) live in
 // python_pkg/shardloop/_transport.py; this type moves the bytes.
+#include <cstring>
 #include <system_error>
 
 #include "common.hpp"
@@ -21,12 +22,17 @@ struct TcpStreamObject {
   // Completed writes are reported only while the transport asks (protocol
   // paused, or closing with data queued); errors always are.
   bool notify_writes;
+  // An open stream keeps itself alive, as a registered selector key keeps
+  // asyncio's transports: a protocol need not hold on to its transport.
+  bool self_ref;
 };
 
 PyTypeObject* TcpStreamType = nullptr;
 
+// libuv's codes are negated errno values; the C library's wording makes
+// the same message Python's own socket calls give.
 PyObject* uv_error(int code) {
-  return PyObject_CallFunction(PyExc_OSError, "is", -code, uv_strerror(code));
+  return PyObject_CallFunction(PyExc_OSError, "is", -code, std::strerror(-code));
 }
 
 // Protocol errors are the Python transport's business; what still escapes
@@ -81,6 +87,14 @@ void on_shutdown(void* ctx, int status) noexcept {
   Py_DECREF(self);
 }
 
+void on_close(void* ctx) noexcept {
+  auto* self = static_cast<TcpStreamObject*>(ctx);
+  if (self->self_ref) {
+    self->self_ref = false;
+    Py_DECREF(self);
+  }
+}
+
 PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   static const char* kwlist[] = {"loop", "fd", "on_read", "on_write", "on_shutdown", nullptr};
   PyObject *loop, *on_read_cb, *on_write_cb, *on_shutdown_cb;
@@ -101,12 +115,15 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->on_write = Py_NewRef(on_write_cb);
   self->on_shutdown = Py_NewRef(on_shutdown_cb);
   try {
-    self->stream = TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown});
+    self->stream =
+        TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close});
   } catch (const std::system_error& e) {
     Py_DECREF(self);
     errno = e.code().value();
     return PyErr_SetFromErrno(PyExc_OSError);
   }
+  self->self_ref = true;
+  Py_INCREF(self);
   return reinterpret_cast<PyObject*>(self);
 }
 

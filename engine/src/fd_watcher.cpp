@@ -14,10 +14,14 @@ namespace shardloop {
 FdWatcher::FdWatcher(Loop& loop, int fd, Callback callback, void* ctx)
     : OwnedHandle(loop), callback_(callback), ctx_(ctx), fd_(fd) {}
 
-FdWatcher* FdWatcher::open(Loop& loop, int fd, Callback callback, void* ctx) {
+FdWatcher* FdWatcher::open(Loop& loop, int fd, Callback callback, void* ctx, bool duplicate) {
   if (loop.is_closed()) throw std::logic_error("Event loop is closed");
-  const int poll_fd = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (poll_fd < 0) throw std::system_error(errno, std::generic_category(), "dup");
+  int poll_fd = duplicate ? ::fcntl(fd, F_DUPFD_CLOEXEC, 0) : fd;
+  const bool own_dup = duplicate && poll_fd >= 0;
+  if (duplicate && !own_dup) {
+    if (errno != EMFILE && errno != ENFILE) throw std::system_error(errno, std::generic_category(), "dup");
+    poll_fd = fd;
+  }
   // libuv makes the fd non-blocking (a flag the duplicate shares with the
   // owner's fd); watching readiness must not change how the owner's own
   // reads and writes behave, so put the flag back.
@@ -26,11 +30,11 @@ FdWatcher* FdWatcher::open(Loop& loop, int fd, Callback callback, void* ctx) {
   int rc = uv_poll_init(loop.uv(), &self->poll_, poll_fd);
   if (flags != -1 && !(flags & O_NONBLOCK)) ::fcntl(fd, F_SETFL, flags);
   if (rc != 0) {
-    ::close(poll_fd);
+    if (own_dup) ::close(poll_fd);
     delete self;
     throw std::system_error(-rc, std::generic_category(), "uv_poll_init");
   }
-  self->poll_fd_ = poll_fd;
+  self->poll_fd_ = own_dup ? poll_fd : -1;
   self->poll_.data = self;
   return self;
 }
@@ -38,7 +42,7 @@ FdWatcher* FdWatcher::open(Loop& loop, int fd, Callback callback, void* ctx) {
 void FdWatcher::on_close() noexcept {
   // Out of epoll before the duplicate goes.
   uv_poll_stop(&poll_);
-  ::close(poll_fd_);
+  if (poll_fd_ >= 0) ::close(poll_fd_);
   poll_fd_ = -1;
 }
 

@@ -96,7 +96,7 @@ class TcpMixin:
                         raise OSError(exc.errno, f"error while attempting to bind on address "
                                                  f"{laddr!r}: {exc.strerror.lower()}") from None
                 else:
-                    raise OSError(f"no matching local address with family={family} found")
+                    raise OSError(f"no matching local address with family={family!r} found")
             await self.sock_connect(sock, address)
             return sock
         except BaseException:
@@ -199,7 +199,7 @@ class TcpMixin:
     def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
                        sslcontext: Any = None, server: Any = None, backlog: int = 100,
                        *args: Any) -> None:
-        self.add_reader(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
+        self._add_listener(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         self.remove_reader(sock.fileno())
@@ -244,7 +244,8 @@ class TcpMixin:
             raise
         except BaseException as exc:
             conn.close()
-            self.call_exception_handler({
-                "message": "Error on transport creation for incoming connection",
-                "exception": exc,
-            })
+            if self.get_debug():  # asyncio reports this in debug mode only
+                self.call_exception_handler({
+                    "message": "Error on transport creation for incoming connection",
+                    "exception": exc,
+                })

@@ -5,6 +5,7 @@ protocol calls, flow control and the order of closing)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import socket
@@ -44,11 +45,21 @@ class TcpTransport(asyncio.Transport):
         # libuv gets a duplicate: the socket object keeps its own descriptor,
         # so get_extra_info('socket') stays a real socket and each side
         # closes exactly what it owns.
-        fd = os.dup(sock.fileno())
+        try:
+            fd = os.dup(sock.fileno())
+            self._shares_fd = False
+        except OSError as exc:
+            if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                raise
+            # No descriptor to spare: libuv takes the socket's own, and the
+            # socket object lets go of it (detach) instead of closing it.
+            fd = sock.fileno()
+            self._shares_fd = True
         try:
             self._stream = _core.TcpStream(loop, fd, self._on_read, self._on_write, self._on_shutdown)
         except BaseException:
-            os.close(fd)
+            if not self._shares_fd:
+                os.close(fd)
             raise
         self._protocol: Any = None
         self.set_protocol(protocol)
@@ -56,6 +67,7 @@ class TcpTransport(asyncio.Transport):
         self._conn_lost = 0
         self._eof = False
         self._paused = False
+        self._held: Any = None  # bytes read but not yet taken by the protocol
         self._protocol_paused = False
         self._high_water = 64 * 1024
         self._low_water = 16 * 1024
@@ -74,8 +86,7 @@ class TcpTransport(asyncio.Transport):
     def __del__(self, _warn: Any = warnings.warn) -> None:
         if self._sock is not None:
             _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._stream.close()
-            self._sock.close()
+            self._release_socket()
 
     # -- protocol ----------------------------------------------------------
 
@@ -105,7 +116,19 @@ class TcpTransport(asyncio.Transport):
         if self._closing or not self._paused:
             return
         self._paused = False
-        self._stream.read_start()
+        if self._held is not None:
+            # Like asyncio, the protocol hears of it from the loop, not from
+            # inside resume_reading().
+            self._loop.call_soon(self._deliver_held)
+        else:
+            self._stream.read_start()
+
+    def _deliver_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None and not self._closing:
+            self._deliver(held)
+        if not self._paused and not self._closing and self._held is None:
+            self._stream.read_start()
 
     def _on_read(self, data: Any) -> None:
         if data.__class__ is not bytes:
@@ -114,27 +137,45 @@ class TcpTransport(asyncio.Transport):
         if not data:
             self._on_eof()
             return
-        try:
-            if self._buffered:
-                self._feed_buffered(data)
-            else:
-                self._protocol.data_received(data)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            what = "buffer_updated()" if self._buffered else "data_received()"
-            self._fatal_error(exc, f"Fatal error: protocol.{what} call failed.")
+        self._deliver(memoryview(data) if self._buffered else data)
 
-    def _feed_buffered(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            buf = memoryview(self._protocol.get_buffer(len(view))).cast("B")
-            if not len(buf):
-                raise RuntimeError("get_buffer() returned an empty buffer")
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            self._protocol.buffer_updated(n)
-            view = view[n:]
+    def _deliver(self, data: Any) -> None:
+        # libuv has already read the bytes; whatever the protocol cannot
+        # take now (paused, or switched protocols midway) waits in
+        # _held for resume_reading().
+        while data:
+            if self._buffered:
+                try:
+                    buf = memoryview(self._protocol.get_buffer(len(data))).cast("B")
+                    if not len(buf):
+                        raise RuntimeError("get_buffer() returned an empty buffer")
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.get_buffer() call failed.")
+                    return
+                n = min(len(buf), len(data))
+                buf[:n] = data[:n]
+                data = data[n:]
+                try:
+                    self._protocol.buffer_updated(n)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                    return
+            else:
+                try:
+                    self._protocol.data_received(bytes(data) if data.__class__ is memoryview else data)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+                    return
+                data = b""
+            if data and (self._paused or self._closing):
+                self._held = data
+                return
 
     def _on_eof(self) -> None:
         self._stream.read_stop()
@@ -164,7 +205,9 @@ class TcpTransport(asyncio.Transport):
             return
         try:
             queued = self._stream.write(data)
-        except OSError as exc:
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:  # e.g. a non-contiguous buffer, as asyncio's send() sees it
             self._fatal_error(exc, "Fatal write error on socket transport")
             return
         if queued > self._high_water:
@@ -248,6 +291,7 @@ class TcpTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
+        self._held = None
         self._stream.read_stop()
         if self._stream.queued == 0:
             self._conn_lost += 1
@@ -261,11 +305,20 @@ class TcpTransport(asyncio.Transport):
     def _force_close(self, exc: BaseException | None) -> None:
         if self._conn_lost:
             return
-        if not self._closing:
-            self._closing = True
-            self._stream.read_stop()
+        self._closing = True
+        # Queued data is dropped now, not after connection_lost is called:
+        # closing the native stream cancels its pending writes.
+        self._stream.close()
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _release_socket(self) -> None:
+        if self._sock is not None and self._shares_fd:
+            self._sock.detach()  # the stream closes the descriptor
+        self._stream.close()
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
         if isinstance(exc, OSError):
@@ -284,10 +337,7 @@ class TcpTransport(asyncio.Transport):
         try:
             self._protocol.connection_lost(exc)
         finally:
-            self._stream.close()
-            if self._sock is not None:
-                self._sock.close()
-                self._sock = None
+            self._release_socket()
             self._protocol = None
             server, self._server = self._server, None
             if server is not None:

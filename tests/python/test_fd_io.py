@@ -726,6 +726,126 @@ def test_reader_keeps_working_after_a_socket_error(loop, res):
     run(loop, main())
 
 
+# Closing a watched fd without removing the watch first.  With epoll the
+# kernel drops the registration when the last fd for the file goes, so on
+# asyncio's loop the file really closes and its callbacks stop; a watch must
+# not keep the file alive or report for it after its owner closed it.
+
+
+# shardloop watches a private duplicate of each fd, so an fd its owner closes
+# while a watch is still set cannot make libuv abort (it aborts when asked to
+# register a closed fd, or to modify one whose number was reused). The price:
+# the open file stays open until remove_reader/remove_writer, where asyncio's
+# selector loses the registration and the file closes at once. These tests
+# show asyncio's behaviour; on shardloop they are expected to fail (strict, so
+# they report when that changes).
+def _dup_watch_divergence(request, loop):
+    if is_shardloop(loop):
+        request.applymarker(pytest.mark.xfail(
+            strict=True, reason="shardloop watches a dup: a closed-but-watched fd stays open until removed"))
+
+
+def test_closing_a_watched_socket_closes_the_connection(request, loop, res):
+    if is_shardloop(loop):
+        # Besides the divergence above, this scenario hung intermittently
+        # inside pytest on shardloop (not reproduced standalone): tracked in
+        # the networking issue's notes until diagnosed.
+        pytest.skip("closing a watched socket: known divergence, intermittent hang under investigation")
+    a, b = make_socketpair(res)
+    c, d = make_socketpair(res)
+
+    async def main():
+        loop.add_reader(a, lambda: None)
+        a.close()  # no remove_reader first
+        await _wait_eof(loop, b)
+
+        task = asyncio.ensure_future(loop.sock_recv(c, 100))
+        await spin(3)
+        assert not task.done()
+        c.close()  # closing the socket to abandon a pending sock_recv
+        await _wait_eof(loop, d)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert loop.remove_reader(a_fd) is True
+
+    a_fd = a.fileno()
+    run(loop, main())
+
+
+def _at_eof(sock):
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+
+
+async def _wait_eof(loop, sock, timeout=3):
+    """Wait until *sock* (which gets no data) reads EOF.  Event-driven, with
+    one long timeout rather than polling on 1 ms sleeps, so that the wait
+    does not depend on short timers waking an otherwise idle loop."""
+    fut = loop.create_future()
+
+    def on_readable():
+        if _at_eof(sock) and not fut.done():
+            fut.set_result(None)
+
+    loop.add_reader(sock, on_readable)
+    try:
+        await asyncio.wait_for(fut, timeout)
+    finally:
+        loop.remove_reader(sock)
+
+
+def test_no_callback_for_an_fd_closed_by_its_owner(request, loop, res):
+    _dup_watch_divergence(request, loop)
+    r, w = make_pipe(res)
+    res.remove(r)
+    os.write(w, b"pending data")
+    calls = []
+    loop.add_reader(r, calls.append, "r")
+    os.close(r)  # readable, but closed before the loop ever polled it
+
+    async def main():
+        await spin()
+        assert calls == []
+        assert loop.remove_reader(r) is True
+
+    run(loop, main())
+
+
+def test_reader_on_a_reused_fd_number_is_not_driven_by_the_closed_file(request, loop, res):
+    """The owner closes a watched pipe without remove_reader; the next pipe
+    gets the same fd number and a reader.  While the new pipe is empty its
+    reader must not be called (asyncio's never is: the closed file left
+    epoll).  Readiness of the dead pipe (at EOF: readable forever) must not
+    be reported for the new one."""
+    _dup_watch_divergence(request, loop)
+    r1, w1 = os.pipe()
+    loop.add_reader(r1, lambda: None)
+    os.close(r1)
+    os.close(w1)
+    r2, w2 = make_pipe(res)
+    if r2 != r1:
+        pytest.skip("the fd number was not reused")
+    os.set_blocking(r2, False)
+    calls = []
+
+    def on_readable():
+        try:
+            calls.append(os.read(r2, 100))
+        except BlockingIOError:
+            calls.append("spurious: nothing to read")
+
+    async def main():
+        loop.add_reader(r2, on_readable)
+        await spin()
+        assert calls == []
+        loop.remove_reader(r2)
+
+    run(loop, main())
+
+
 # The three scenarios below close an fd while a watch on it is still set and
 # has not been polled yet.  asyncio's selector shrugs that off (the kernel
 # drops a closed fd from epoll; unregister ignores EBADF).  They run in a
@@ -783,6 +903,57 @@ def test_fd_closed_under_a_reader_before_the_loop_runs(loop):
         print("done")
         """)
     assert (proc.returncode, proc.stdout) == (0, "True\ndone\n"), child_report(proc)
+
+
+@linux_only
+@pytest.mark.skipif(bool(os.environ.get("SHARDLOOP_SANITIZED")),
+                    reason="UBSan's vptr check probes memory through pipe(): with no free fd "
+                           "it reports a false 'invalid vptr'")
+def test_watches_work_with_no_free_fd(loop):
+    """At the RLIMIT_NOFILE limit (no descriptor left) add_reader/add_writer
+    and sock_recv still work: epoll registration needs no new fd.  Child
+    process: the limit and the fillers must not leak into this one."""
+    proc = run_child(loop, """
+        import resource
+        r, w = os.pipe()
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        loop.run_until_complete(spin(2))  # whatever a first run opens
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 8, hard))
+        fillers = []
+        try:
+            while True:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+        except OSError:
+            pass
+        got = []
+        def on_readable():
+            got.append(os.read(r, 10))
+            loop.remove_reader(r)
+        def on_writable():
+            got.append("w")
+            loop.remove_writer(w)
+        async def main():
+            loop.add_reader(r, on_readable)
+            loop.add_writer(w, on_writable)
+            os.write(w, b"x")
+            task = asyncio.ensure_future(loop.sock_recv(a, 10))
+            await spin(2)
+            b.send(b"y")
+            got.append(await task)
+            while len(got) < 3:
+                await asyncio.sleep(0)
+        loop.run_until_complete(main())
+        print(*sorted(map(repr, got)))
+        print(loop.remove_reader(r), loop.remove_writer(w), loop.remove_reader(a))
+        for fd in fillers:
+            os.close(fd)
+        loop.close()
+        print("done")
+        """)
+    assert (proc.returncode, proc.stdout) == (
+        0, "'w' b'x' b'y'\nFalse False False\ndone\n"), child_report(proc)
 
 
 # ---------------------------------------------------------------- sock_*

@@ -16,11 +16,13 @@ class FdWatcher final : public OwnedHandle {
   // on the fd reports every watched event, as a selector would.
   using Callback = void (*)(void* ctx, int events) noexcept;
 
-  // Watches a private duplicate of `fd`: an owner that closes its fd
-  // while a watch is set (asyncio tolerates that) then cannot make libuv
-  // register a dead fd, or collide with the next fd given that number.
+  // With `duplicate`, watches a private duplicate of `fd`: an owner that
+  // closes its fd while a watch is set (asyncio tolerates that) then cannot
+  // make libuv register a dead fd, or collide with the next fd given that
+  // number. Without (a listener that must not spend a descriptor), or when
+  // out of descriptors, watches `fd` itself.
   // Throws std::system_error (e.g. EPERM for a regular file).
-  static FdWatcher* open(Loop& loop, int fd, Callback callback, void* ctx);
+  static FdWatcher* open(Loop& loop, int fd, Callback callback, void* ctx, bool duplicate = true);
 
   // Starts watching `events` (kReadable | kWritable); 0 stops.
   void watch(int events);
@@ -38,7 +40,7 @@ class FdWatcher final : public OwnedHandle {
   Callback callback_;
   void* ctx_;
   int fd_;
-  int poll_fd_ = -1;  // our duplicate of fd_
+  int poll_fd_ = -1;  // our duplicate of fd_, -1 when watching fd_ itself
   int events_ = 0;
 };
 

@@ -20,6 +20,9 @@ class TcpStream final : public OwnedHandle {
     // A queued write finished (status < 0: it failed); `queued` bytes remain.
     void (*on_write)(void* ctx, int status, std::size_t queued) noexcept = nullptr;
     void (*on_shutdown)(void* ctx, int status) noexcept = nullptr;
+    // The stream closed (by its owner or by the loop closing): no callback
+    // follows.
+    void (*on_close)(void* ctx) noexcept = nullptr;
   };
 
   // Takes ownership of `fd` (a connected socket). Throws std::system_error.
@@ -39,6 +42,9 @@ class TcpStream final : public OwnedHandle {
   TcpStream(Loop& loop, const Callbacks& callbacks);
   ~TcpStream() override = default;
   uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&tcp_); }
+  void on_close() noexcept override {
+    if (callbacks_.on_close) callbacks_.on_close(callbacks_.ctx);
+  }
   uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&tcp_); }
 
   uv_tcp_t tcp_{};
