@@ -10,7 +10,9 @@ VPY := $(VENV)/bin/python
 APT_PACKAGES := g++ pkg-config libuv1-dev libconcurrentqueue-dev libgtest-dev liburing-dev valgrind wrk
 JOBS ?= $(shell nproc)
 CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -c 'import pybind11; print(pybind11.get_cmake_dir())')
-ASAN_RT = $(shell g++ -print-file-name=libasan.so)
+# libstdc++ is preloaded too: ASan's __cxa_throw interceptor needs it loaded
+# before the extension, or the first C++ throw aborts the interpreter.
+ASAN_RT = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libstdc++.so)
 
 .PHONY: deps apt venv build install demo test test-engine test-python test-asan test-versions bench clean
 
@@ -59,7 +61,7 @@ test-asan: deps
 	$(VENV)/bin/cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHARDLOOP_SANITIZE=ON $(CMAKE_PY_ARGS) >/dev/null
 	$(VENV)/bin/ninja -C build-asan -j $(JOBS)
 	cd build-asan && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
-	cd tests && LD_PRELOAD=$(ASAN_RT) ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
+	cd tests && LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(abspath build-asan/pkg) \
 	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
 

@@ -266,6 +266,13 @@ void Loop::on_prepare(uv_prepare_t* handle) {
     self->block_ = false;
     uv_idle_start(&self->idle_, [](uv_idle_t*) {});
   }
+  // libuv's clock is coarse (ms, and it may tick between arm_deadline()
+  // and uv_run's own update): the deadline timer can have fired already,
+  // before this poll, which would then wait with no timeout at all.
+  if (self->block_ && !self->timers_.empty() && !uv_is_active(reinterpret_cast<uv_handle_t*>(&self->deadline_))) {
+    self->arm_deadline(self->block_);
+    if (!self->block_) uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+  }
   if (self->block_ && !self->waiting_) {
     self->waiting_ = true;
     if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);
