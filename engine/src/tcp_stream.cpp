@@ -8,6 +8,19 @@
 
 namespace shardloop {
 
+namespace {
+
+// uv_buf_init() takes an unsigned int; uv_buf_t itself holds a size_t on
+// Unix, so 4 GiB and more must not go through it.
+uv_buf_t make_buf(char* base, std::size_t len) {
+  uv_buf_t buf;
+  buf.base = base;
+  buf.len = len;
+  return buf;
+}
+
+}  // namespace
+
 struct TcpStream::WriteReq {
   uv_write_t req;
   TcpStream* stream;
@@ -78,7 +91,7 @@ int TcpStream::write(const char* data, std::size_t len) {
   if (len == 0) return 0;
   // Order: nothing may overtake bytes already queued.
   if (queued_ == 0) {
-    uv_buf_t buf = uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(len));
+    uv_buf_t buf = make_buf(const_cast<char*>(data), len);
     int n = uv_try_write(stream(), &buf, 1);
     if (n > 0) {
       data += n;
@@ -89,7 +102,7 @@ int TcpStream::write(const char* data, std::size_t len) {
     }
   }
   WriteReq* req = WriteReq::make(this, data, len);
-  uv_buf_t buf = uv_buf_init(req->data, static_cast<unsigned>(len));
+  uv_buf_t buf = make_buf(req->data, len);
   int rc = uv_write(&req->req, stream(), &buf, 1, [](uv_write_t* w, int status) {
     auto* r = reinterpret_cast<WriteReq*>(w);
     TcpStream* self = r->stream;

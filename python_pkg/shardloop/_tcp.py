@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
+import inspect
 import itertools
 import socket
+import sys
 from asyncio import base_events, trsock
 from typing import Any, Callable
 
@@ -16,6 +19,12 @@ from ._transport import TcpTransport
 # asyncio pauses accepting this long when out of descriptors.
 _ACCEPT_RETRY_DELAY = 1.0
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+def _bind_error(err: OSError, address: Any) -> OSError:
+    # The wording asyncio uses on the running Python (3.13 keeps "[errno N]").
+    detail = str(err).lower() if sys.version_info >= (3, 13) else err.strerror.lower()
+    return OSError(err.errno, f"error while attempting to bind on address {address!r}: {detail}")
 
 
 def _no_tls(ssl: Any, what: str) -> None:
@@ -29,9 +38,28 @@ def _check_stream_socket(sock: socket.socket) -> None:
         raise ValueError(f"A Stream Socket was expected, got {sock!r}")
 
 
+def _asyncio_signature(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Give `method` the signature asyncio has on the running Python: a
+    keyword that asyncio does not know there (all_errors before 3.12,
+    keep_alive before 3.13) is a TypeError here too."""
+    reference = inspect.signature(getattr(base_events.BaseEventLoop, method.__name__))
+    known = set(reference.parameters)
+
+    @functools.wraps(method)
+    async def checked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        for name in kwargs:
+            if name not in known:
+                raise TypeError(f"{method.__name__}() got an unexpected keyword argument {name!r}")
+        return await method(self, *args, **kwargs)
+
+    checked.__signature__ = reference  # type: ignore[attr-defined]
+    return checked
+
+
 class TcpMixin:
     """Mixed into shardloop.Loop."""
 
+    @_asyncio_signature
     async def create_connection(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
                                 host: Any = None, port: Any = None, *, ssl: Any = None,
                                 family: int = 0, proto: int = 0, flags: int = 0,
@@ -93,8 +121,7 @@ class TcpMixin:
                         sock.bind(laddr)
                         break
                     except OSError as exc:
-                        raise OSError(exc.errno, f"error while attempting to bind on address "
-                                                 f"{laddr!r}: {exc.strerror.lower()}") from None
+                        raise _bind_error(exc, laddr) from None
                 else:
                     raise OSError(f"no matching local address with family={family!r} found")
             await self.sock_connect(sock, address)
@@ -127,6 +154,7 @@ class TcpMixin:
         _no_tls(ssl, "connect_accepted_socket")
         return await self._make_connection(sock, protocol_factory)
 
+    @_asyncio_signature
     async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None,
                             *, family: int = socket.AF_UNSPEC, flags: int = socket.AI_PASSIVE,
                             sock: socket.socket | None = None, backlog: int = 100, ssl: Any = None,
@@ -185,8 +213,12 @@ class TcpMixin:
                 try:
                     s.bind(address)
                 except OSError as err:
-                    raise OSError(err.errno, f"error while attempting to bind on address "
-                                             f"{address!r}: {err.strerror.lower()}") from None
+                    if err.errno == errno.EADDRNOTAVAIL and sys.version_info >= (3, 13):
+                        # 3.13 serves on the addresses it can and skips this one.
+                        sockets.remove(s)
+                        s.close()
+                        continue
+                    raise _bind_error(err, address) from None
         except BaseException:
             for s in sockets:
                 s.close()

@@ -124,6 +124,8 @@ class TcpTransport(asyncio.Transport):
             self._stream.read_start()
 
     def _deliver_held(self) -> None:
+        if self._paused:  # paused again before the loop got here
+            return
         held, self._held = self._held, None
         if held is not None and not self._closing:
             self._deliver(held)
