@@ -1,6 +1,7 @@
 """Helpers shared by the shardloop test modules (imported by conftest.py)."""
 
 import asyncio
+import socket
 import sys
 
 import pytest
@@ -73,3 +74,19 @@ async def wait_until(predicate, timeout=5.0, interval=0.001):
         if loop.time() > deadline:
             raise AssertionError("condition not reached within %ss" % timeout)
         await asyncio.sleep(interval)
+
+
+def _ipv6_loopback_works():
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+# Shared by the network tests.
+HAVE_IPV6 = _ipv6_loopback_works()
+LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}

@@ -29,25 +29,12 @@ import weakref
 
 import pytest
 
-from _support import PY311, is_shardloop, run, wait_until
+from _support import HAVE_IPV6, LOOPBACK, PY311, is_shardloop, run, wait_until
 
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
 requires_py311 = pytest.mark.skipif(not PY311, reason="sock_recvfrom/_into/sock_sendto are 3.11+")
 
 
-def _ipv6_loopback_works():
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAVE_IPV6 = _ipv6_loopback_works()
-LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 FAMILIES = [
     pytest.param(socket.AF_INET, id="ipv4"),
     pytest.param(socket.AF_INET6, id="ipv6",

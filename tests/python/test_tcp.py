@@ -34,27 +34,14 @@ import textwrap
 
 import pytest
 
-from _support import PY312, PY313, is_shardloop, run, wait_until
+from _support import HAVE_IPV6, LOOPBACK, PY312, PY313, is_shardloop, run, wait_until
 
 
-def _ipv6_loopback_works():
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-            s.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
-HAVE_IPV6 = _ipv6_loopback_works()
 requires_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")
 requires_py312 = pytest.mark.skipif(not PY312, reason="asyncio 3.12+ API")
 requires_py313 = pytest.mark.skipif(not PY313, reason="asyncio 3.13+ API")
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
 
-LOOPBACK = {socket.AF_INET: "127.0.0.1", socket.AF_INET6: "::1"}
 FAMILIES = [
     pytest.param(socket.AF_INET, id="ipv4"),
     pytest.param(socket.AF_INET6, id="ipv6", marks=requires_ipv6),
