@@ -41,6 +41,13 @@ def _accept_nonblocking(sock: socket.socket) -> tuple:
     return conn, address
 
 
+def _connect_result(sock: socket.socket, address: Any) -> None:
+    # Writable after a non-blocking connect: SO_ERROR says how it ended.
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err != 0:
+        raise OSError(err, f"Connect call failed {address}")
+
+
 class FdIOMixin:
     """Mixed into shardloop.Loop; relies on its native _add_reader & co."""
 
@@ -70,12 +77,17 @@ class FdIOMixin:
             return op(*args)
         except (BlockingIOError, InterruptedError):
             pass
+        return await self._retry_when_ready(sock.fileno(), readable, op, args)
+
+    async def _retry_when_ready(self, fd: int, readable: bool, op: Callable[..., Any], args: tuple) -> Any:
         fut = self.create_future()
-        fd = sock.fileno()
         add = self._add_reader if readable else self._add_writer
         handle = add(fd, self._sock_io_ready, fut, op, args)
         fut.add_done_callback(functools.partial(self._sock_io_done, fd, readable, handle))
-        return await fut
+        try:
+            return await fut
+        finally:
+            fut = None  # type: ignore[assignment]  # no cycle through the traceback
 
     @staticmethod
     def _sock_io_ready(fut: asyncio.Future, op: Callable[..., Any], args: tuple) -> None:
@@ -157,14 +169,7 @@ class FdIOMixin:
             return
         except (BlockingIOError, InterruptedError):
             pass
-        fut = self.create_future()
-        fd = sock.fileno()
-        handle = self._add_writer(fd, self._sock_connect_ready, fut, sock, address)
-        fut.add_done_callback(functools.partial(self._sock_io_done, fd, False, handle))
-        try:
-            await fut
-        finally:
-            fut = None  # type: ignore[assignment]  # no cycle through the traceback
+        await self._retry_when_ready(sock.fileno(), False, _connect_result, (sock, address))
 
     async def _resolve_for(self, sock: socket.socket, address: Any) -> Any:
         host, port = address[:2]
@@ -177,20 +182,3 @@ class FdIOMixin:
             if len(address) > 2:  # IPv6 flowinfo/scope id given: keep them
                 return address
         return infos[0][4]
-
-    @staticmethod
-    def _sock_connect_ready(fut: asyncio.Future, sock: socket.socket, address: Any) -> None:
-        if fut.done():
-            return
-        try:
-            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-            if err != 0:
-                raise OSError(err, f"Connect call failed {address}")
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        else:
-            fut.set_result(None)
