@@ -1,4 +1,5 @@
-// shardloop._core.TcpStream: the native half of a TCP transport. The
+// shardloop._core.TcpStream: the native half of a stream transport (TCP;
+// Unix sockets and pipes with pipe=True). The
 // asyncio semantics (protocol calls, flow control, close ordering) live in
 // python_pkg/shardloop/_transport.py; this type moves the bytes.
 #include <cstring>
@@ -96,11 +97,12 @@ void on_close(void* ctx) noexcept {
 }
 
 PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
-  static const char* kwlist[] = {"loop", "fd", "on_read", "on_write", "on_shutdown", nullptr};
+  static const char* kwlist[] = {"loop", "fd", "on_read", "on_write", "on_shutdown", "pipe", nullptr};
   PyObject *loop, *on_read_cb, *on_write_cb, *on_shutdown_cb;
   int fd;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iOOO", const_cast<char**>(kwlist), LoopType, &loop, &fd,
-                                   &on_read_cb, &on_write_cb, &on_shutdown_cb)) {
+  int pipe = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iOOO|$p", const_cast<char**>(kwlist), LoopType, &loop, &fd,
+                                   &on_read_cb, &on_write_cb, &on_shutdown_cb, &pipe)) {
     return nullptr;
   }
   auto* lp = reinterpret_cast<LoopObject*>(loop);
@@ -115,8 +117,8 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->on_write = Py_NewRef(on_write_cb);
   self->on_shutdown = Py_NewRef(on_shutdown_cb);
   try {
-    self->stream =
-        TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close});
+    self->stream = TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close},
+                                   pipe ? TcpStream::Kind::kPipe : TcpStream::Kind::kTcp);
   } catch (const std::system_error& e) {
     Py_DECREF(self);
     errno = e.code().value();

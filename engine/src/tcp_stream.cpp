@@ -40,21 +40,21 @@ struct TcpStream::WriteReq {
 
 TcpStream::TcpStream(Loop& loop, const Callbacks& callbacks) : OwnedHandle(loop), callbacks_(callbacks) {}
 
-TcpStream* TcpStream::open(Loop& loop, int fd, const Callbacks& callbacks) {
+TcpStream* TcpStream::open(Loop& loop, int fd, const Callbacks& callbacks, Kind kind) {
   if (loop.is_closed()) throw std::logic_error("Event loop is closed");
   auto* self = new TcpStream(loop, callbacks);
-  int rc = uv_tcp_init(loop.uv(), &self->tcp_);
+  int rc = kind == Kind::kTcp ? uv_tcp_init(loop.uv(), &self->handle_.tcp) : uv_pipe_init(loop.uv(), &self->handle_.pipe, 0);
   if (rc == 0) {
-    self->tcp_.data = self;
-    rc = uv_tcp_open(&self->tcp_, fd);
+    self->handle_.handle.data = self;
+    rc = kind == Kind::kTcp ? uv_tcp_open(&self->handle_.tcp, fd) : uv_pipe_open(&self->handle_.pipe, fd);
     if (rc != 0) {
       self->release();  // closes the initialized handle; freed by libuv's callback
-      throw std::system_error(-rc, std::generic_category(), "uv_tcp_open");
+      throw std::system_error(-rc, std::generic_category(), kind == Kind::kTcp ? "uv_tcp_open" : "uv_pipe_open");
     }
     return self;
   }
   delete self;
-  throw std::system_error(-rc, std::generic_category(), "uv_tcp_init");
+  throw std::system_error(-rc, std::generic_category(), kind == Kind::kTcp ? "uv_tcp_init" : "uv_pipe_init");
 }
 
 int TcpStream::read_start() {

@@ -21,7 +21,13 @@ from typing import Any, Callable
 from . import _core
 from ._fdio import FdIOMixin
 from ._pending import install_pending_methods
+from ._pipes import PipeMixin
+from ._signals import SignalMixin
+from ._subprocess import SubprocessMixin
 from ._tcp import TcpMixin
+from ._tls import TlsMixin
+from ._udp import DatagramMixin
+from ._unix import UnixMixin
 
 logger = logging.getLogger("asyncio")  # same logger as asyncio's own loop
 
@@ -44,7 +50,8 @@ def _stop_when_done(fut: asyncio.Future) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.Loop, FdIOMixin, TcpMixin, asyncio.AbstractEventLoop):
+class Loop(_core.Loop, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin, PipeMixin, TlsMixin,
+           SubprocessMixin, SignalMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop on libuv."""
 
     def __init__(self) -> None:

@@ -1,5 +1,6 @@
-// A connected TCP socket on uv_tcp_t: reads delivered as they arrive, writes
-// attempted at once and queued (copied) for the rest, in order.
+// A connected byte stream: a TCP socket on uv_tcp_t, or a Unix socket or
+// pipe on uv_pipe_t. Reads delivered as they arrive, writes attempted at once
+// and queued (copied) for the rest, in order.
 #pragma once
 
 #include <uv.h>
@@ -25,8 +26,11 @@ class TcpStream final : public OwnedHandle {
     void (*on_close)(void* ctx) noexcept = nullptr;
   };
 
-  // Takes ownership of `fd` (a connected socket). Throws std::system_error.
-  static TcpStream* open(Loop& loop, int fd, const Callbacks& callbacks);
+  enum class Kind { kTcp, kPipe };
+
+  // Takes ownership of `fd` (a connected socket, or one end of a pipe for
+  // kPipe). Throws std::system_error.
+  static TcpStream* open(Loop& loop, int fd, const Callbacks& callbacks, Kind kind = Kind::kTcp);
 
   // These return 0 or a negative libuv error code.
   int read_start();
@@ -41,13 +45,18 @@ class TcpStream final : public OwnedHandle {
   struct WriteReq;
   TcpStream(Loop& loop, const Callbacks& callbacks);
   ~TcpStream() override = default;
-  uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&tcp_); }
+  uv_handle_t* uv_handle() noexcept override { return &handle_.handle; }
   void on_close() noexcept override {
     if (callbacks_.on_close) callbacks_.on_close(callbacks_.ctx);
   }
-  uv_stream_t* stream() noexcept { return reinterpret_cast<uv_stream_t*>(&tcp_); }
+  uv_stream_t* stream() noexcept { return &handle_.stream; }
 
-  uv_tcp_t tcp_{};
+  union {
+    uv_handle_t handle;
+    uv_stream_t stream;
+    uv_tcp_t tcp;
+    uv_pipe_t pipe;
+  } handle_{};
   uv_shutdown_t shutdown_req_{};
   Callbacks callbacks_;
   std::size_t queued_ = 0;
