@@ -3,26 +3,68 @@
     asyncio.run(main(), loop_factory=shardloop.new_event_loop)
     shardloop.run(main())
     asyncio.set_event_loop_policy(shardloop.EventLoopPolicy())
+
+Thread-per-core: ``shardloop.run(main(), shards=N)`` runs `main` on shard 0
+and N-1 more loops in their own threads; ``create_server(...,
+reuse_port=True)`` then listens on every shard (see ``_shards.py``).
 """
 
 from __future__ import annotations
 
 import asyncio as _asyncio
+import functools as _functools
+import os as _os
 import sys as _sys
 import warnings as _warnings
 from typing import Any as _Any, Callable as _Callable, Coroutine as _Coroutine, TypeVar as _TypeVar
 
 from ._loop import Loop
+from ._shards import ShardedServer, ShardStopped, current_shard, loop_of, shard_count, submit_to
 
 __version__ = "0.1.0"
-__all__ = ("new_event_loop", "install", "run", "Loop", "EventLoopPolicy")
+__all__ = ("new_event_loop", "install", "run", "Loop", "EventLoopPolicy", "current_shard", "shard_count",
+           "submit_to", "loop_of", "start_server", "create_server", "ShardedServer", "ShardStopped")
 
 _T = _TypeVar("_T")
 
 
-def new_event_loop() -> Loop:
-    """Return a new shardloop event loop."""
-    return Loop()
+def _shard_count(shards: int | None) -> int:
+    if shards is None:
+        return len(_os.sched_getaffinity(0))
+    if not isinstance(shards, int) or isinstance(shards, bool):
+        raise TypeError(f"shards must be an int or None, got {type(shards).__name__}")
+    if shards < 1:
+        raise ValueError(f"shards must be at least 1, got {shards}")
+    return shards
+
+
+def new_event_loop(*, shards: int | None = 1, pin: bool = False) -> Loop:
+    """Return a new shardloop event loop. With shards > 1 (None: one per CPU
+    this process may use) it is shard 0 of a thread-per-core runtime whose
+    other shards run until it is closed; pin=True pins each shard's thread
+    to one CPU."""
+    count = _shard_count(shards)
+    loop = Loop()
+    if count > 1:
+        from ._shards import Runtime
+        Runtime(count, pin=pin).start(loop, Loop)
+    return loop
+
+
+async def start_server(client_connected_cb: _Callable[..., _Any], host: _Any = None, port: _Any = None,
+                       **kwargs: _Any) -> _asyncio.AbstractServer:
+    """asyncio.start_server, on every shard of the running runtime."""
+    if shard_count() > 1:
+        kwargs["reuse_port"] = True
+    return await _asyncio.start_server(client_connected_cb, host, port, **kwargs)
+
+
+async def create_server(protocol_factory: _Callable[..., _Any], host: _Any = None, port: _Any = None,
+                        **kwargs: _Any) -> _asyncio.AbstractServer:
+    """loop.create_server, on every shard of the running runtime."""
+    if shard_count() > 1:
+        kwargs["reuse_port"] = True
+    return await _asyncio.get_running_loop().create_server(protocol_factory, host, port, **kwargs)
 
 
 if _sys.version_info >= (3, 14):
@@ -32,10 +74,16 @@ else:
 
 
 class _EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
-    """asyncio's default policy, making shardloop loops."""
+    """asyncio's default policy, making shardloop loops (shard 0 of a
+    runtime of `shards` loops when shards > 1)."""
+
+    def __init__(self, shards: int | None = 1, *, pin: bool = False) -> None:
+        super().__init__()
+        self._shards = _shard_count(shards)
+        self._pin = pin
 
     def _loop_factory(self) -> Loop:
-        return new_event_loop()
+        return new_event_loop(shards=self._shards, pin=self._pin)
 
     def __repr__(self) -> str:
         return f"<shardloop.EventLoopPolicy at {id(self):#x}>"
@@ -69,9 +117,14 @@ def install() -> None:
 
 
 def run(main: _Coroutine[_Any, _Any, _T], *, loop_factory: _Callable[[], _asyncio.AbstractEventLoop] | None = None,
-        debug: bool | None = None, **run_kwargs: _Any) -> _T:
-    """Run a coroutine on a new shardloop loop, like asyncio.run()."""
+        debug: bool | None = None, shards: int | None = 1, pin: bool = False, **run_kwargs: _Any) -> _T:
+    """Run a coroutine on a new shardloop loop, like asyncio.run(); with
+    shards > 1 it runs on shard 0 of a thread-per-core runtime."""
     if run_kwargs:
         raise TypeError(f"run() got unexpected keyword arguments: {', '.join(sorted(run_kwargs))}")
-    with _asyncio.Runner(debug=debug, loop_factory=loop_factory or new_event_loop) as runner:
+    count = _shard_count(shards)
+    if loop_factory is not None and count > 1:
+        raise ValueError("run() takes loop_factory or shards, not both")
+    factory = loop_factory or _functools.partial(new_event_loop, shards=count, pin=pin)
+    with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

@@ -22,6 +22,7 @@ from . import _core
 from ._fdio import FdIOMixin
 from ._pending import install_pending_methods
 from ._pipes import PipeMixin
+from ._shards import ShardMixin
 from ._signals import SignalMixin
 from ._subprocess import SubprocessMixin
 from ._tcp import TcpMixin
@@ -50,7 +51,7 @@ def _stop_when_done(fut: asyncio.Future) -> None:
     futures._get_loop(fut).stop()
 
 
-class Loop(_core.Loop, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin, PipeMixin, TlsMixin,
+class Loop(_core.Loop, ShardMixin, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin, PipeMixin, TlsMixin,
            SubprocessMixin, SignalMixin, asyncio.AbstractEventLoop):
     """An asyncio event loop on libuv."""
 
@@ -132,6 +133,8 @@ class Loop(_core.Loop, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin, PipeMixin,
             return
         if self.get_debug():
             logger.debug("Close %r", self)
+        self._stop_shards()
+        self._remove_signal_handlers_on_close()
         self._close_native()
         executor, self._default_executor = self._default_executor, None
         if executor is not None:
@@ -388,17 +391,21 @@ class _SignalWakeup:
             previous = signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
         except ValueError:
             return
-        if previous != -1:
+        if previous not in (-1, fd):
             # Someone else relies on the wakeup fd (asyncio's own signal
-            # handling, for one): leave theirs in place.
+            # handling, for one): leave theirs in place. It is ours already
+            # when add_signal_handler() set it.
             signal.set_wakeup_fd(previous)
             return
         self._installed = True
+        self._loop._wakeup_held_by_run = True
 
     def uninstall(self) -> None:
         if self._installed:
-            signal.set_wakeup_fd(-1)
             self._installed = False
+            self._loop._wakeup_held_by_run = False
+            if not self._loop._has_signal_handlers():
+                signal.set_wakeup_fd(-1)
 
 
 install_pending_methods(Loop)

@@ -1,0 +1,349 @@
+"""Thread-per-core mode: N full shardloop loops, one per thread.
+
+Shard 0 is the loop the program runs on (its main thread); shards 1..N-1 run
+their own loops in threads started with it and stopped when it closes. Loops
+only ever touch their own objects: work crosses shards as a callback handed
+to the target's inbox (call_soon_threadsafe, a lock-free queue in the
+engine), and results come back the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import os
+import threading
+import types
+from typing import Any, Awaitable, Callable
+
+_STOP_TIMEOUT = 30.0
+
+
+class ShardStopped(RuntimeError):
+    """The target shard stopped before the submitted call finished."""
+
+
+class Runtime:
+    def __init__(self, shards: int, *, pin: bool = False) -> None:
+        self.count = shards
+        self.loops: list[Any] = [None] * shards
+        self._pin = pin
+        self._threads: list[threading.Thread] = []
+        self._cpus = sorted(os.sched_getaffinity(0)) if pin else []
+
+    def start(self, main_loop: Any, new_loop: Callable[[], Any]) -> None:
+        """Make `main_loop` shard 0 and start the other shards' threads."""
+        self._adopt(main_loop, 0)
+        started = []
+        for index in range(1, self.count):
+            ready = threading.Event()
+            thread = threading.Thread(target=self._serve, args=(index, new_loop, ready),
+                                      name=f"shardloop-shard-{index}", daemon=True)
+            thread.start()
+            started.append(ready)
+            self._threads.append(thread)
+        for ready in started:
+            ready.wait()
+        if self._pin:
+            self._pin_current_thread(0)
+
+    def _adopt(self, loop: Any, index: int) -> None:
+        loop._shard_runtime = self
+        loop._shard_index = index
+        self.loops[index] = loop
+
+    def _pin_current_thread(self, index: int) -> None:
+        # Linux applies sched_setaffinity(0, ...) to the calling thread only.
+        os.sched_setaffinity(0, {self._cpus[index % len(self._cpus)]})
+
+    def _serve(self, index: int, new_loop: Callable[[], Any], ready: threading.Event) -> None:
+        if self._pin:
+            self._pin_current_thread(index)
+        loop = new_loop()
+        self._adopt(loop, index)
+        asyncio.set_event_loop(loop)
+        loop.call_soon(ready.set)
+        try:
+            loop.run_forever()
+            _finish_tasks(loop)
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def stop(self) -> None:
+        """Stop shards 1..N-1 (their pending tasks are cancelled, so callers
+        waiting on them get an answer) and join their threads."""
+        for loop in self.loops[1:]:
+            try:
+                loop.call_soon_threadsafe(loop.stop)
+            except RuntimeError:
+                pass  # already closed
+        for thread in self._threads:
+            thread.join(_STOP_TIMEOUT)
+        self._threads.clear()
+
+    def loop(self, shard: int) -> Any:
+        if not isinstance(shard, int) or isinstance(shard, bool):
+            raise TypeError(f"shard must be an int, got {type(shard).__name__}")
+        if not 0 <= shard < self.count:
+            raise ValueError(f"shard {shard} out of range(0, {self.count})")
+        return self.loops[shard]
+
+
+def _finish_tasks(loop: Any) -> None:
+    pending = asyncio.all_tasks(loop)
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+
+
+def runtime_of(loop: Any) -> Runtime | None:
+    return getattr(loop, "_shard_runtime", None)
+
+
+def _running_runtime() -> tuple[Any, Runtime | None]:
+    loop = asyncio.get_running_loop()
+    return loop, runtime_of(loop)
+
+
+def current_shard() -> int:
+    """The index of the shard whose loop runs the caller (0 in single-loop mode)."""
+    return getattr(asyncio.get_running_loop(), "_shard_index", 0)
+
+
+def shard_count() -> int:
+    """How many shards the running loop's runtime has (1 in single-loop mode)."""
+    _, runtime = _running_runtime()
+    return runtime.count if runtime is not None else 1
+
+
+def loop_of(shard: int) -> Any:
+    """The loop of `shard` in the running loop's runtime. Use it only to hand
+    work over (call_soon_threadsafe); its objects belong to its thread."""
+    here, runtime = _running_runtime()
+    if runtime is None:
+        if shard != 0:
+            raise ValueError(f"shard {shard} out of range(0, 1)")
+        return here
+    return runtime.loop(shard)
+
+
+class _RemoteCall:
+    """One submit_to: started on the target shard, settled on the caller's."""
+
+    def __init__(self, here: Any, target: Any, fn: Callable[..., Any], args: tuple) -> None:
+        self.here = here
+        self.target = target
+        self.fn = fn
+        self.args = args
+        self.future = here.create_future()
+        self.task: asyncio.Future | None = None
+        self.future.add_done_callback(self._caller_done)
+
+    def start(self) -> None:  # on the target shard
+        if self.future.cancelled():
+            return
+        try:
+            result = self.fn(*self.args)
+        except BaseException as exc:  # noqa: BLE001 - handed back to the caller
+            self._reply(None, exc)
+            return
+        if not inspect.isawaitable(result):
+            self._reply(result, None)
+            return
+        self.task = asyncio.ensure_future(result, loop=self.target)
+        self.task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Future) -> None:  # on the target shard
+        if task.cancelled():
+            self._reply(None, ShardStopped("the call was cancelled on its shard"))
+        else:
+            exc = task.exception()
+            self._reply(None if exc is not None else task.result(), exc)
+
+    def _reply(self, result: Any, exc: BaseException | None) -> None:
+        try:
+            self.here.call_soon_threadsafe(self._settle, result, exc)
+        except RuntimeError:
+            pass  # the caller's loop is closed: nobody is waiting any more
+
+    def _settle(self, result: Any, exc: BaseException | None) -> None:  # on the caller
+        if self.future.done():
+            return
+        if exc is not None:
+            self.future.set_exception(exc)
+        else:
+            self.future.set_result(result)
+
+    def _caller_done(self, future: asyncio.Future) -> None:  # on the caller
+        if future.cancelled():
+            try:
+                self.target.call_soon_threadsafe(self._cancel_remote)
+            except RuntimeError:
+                pass
+
+    def _cancel_remote(self) -> None:  # on the target shard
+        if self.task is not None:
+            self.task.cancel()
+
+
+async def submit_to(shard: int, fn: Callable[..., Any], /, *args: Any) -> Any:
+    """Run ``fn(*args)`` on `shard` and return its result (awaited there
+    when it is awaitable); its exception is raised here. Cancelling the
+    caller cancels the call on the target shard."""
+    here, runtime = _running_runtime()
+    target = loop_of(shard) if runtime is None else runtime.loop(shard)
+    if target is here:
+        result = fn(*args)
+        return await result if inspect.isawaitable(result) else result
+    return await _call_on(here, target, fn, args)
+
+
+async def _call_on(here: Any, target: Any, fn: Callable[..., Any], args: tuple) -> Any:
+    call = _RemoteCall(here, target, fn, args)
+    try:
+        target.call_soon_threadsafe(call.start)
+    except RuntimeError:
+        raise ShardStopped(f"shard {getattr(target, '_shard_index', '?')} is not running") from None
+    return await call.future
+
+
+def for_loop(factory: Callable[..., Any], home: Any, loop: Any) -> Callable[..., Any]:
+    """`factory` as made for shard `loop`: a closure that captured its home
+    loop in a variable named ``loop`` (asyncio.start_server's protocol
+    factory does) gets a copy bound to `loop` instead, so the streams it
+    makes belong to the shard that accepted the connection."""
+    code = getattr(factory, "__code__", None)
+    cells = getattr(factory, "__closure__", None)
+    if loop is home or code is None or not cells or "loop" not in code.co_freevars:
+        return factory
+    at = code.co_freevars.index("loop")
+    try:
+        if cells[at].cell_contents is not home:
+            return factory
+    except ValueError:  # empty cell
+        return factory
+    rebound = tuple(types.CellType(loop) if i == at else cell for i, cell in enumerate(cells))
+    copy = types.FunctionType(code, factory.__globals__, factory.__name__, factory.__defaults__, rebound)
+    copy.__kwdefaults__ = factory.__kwdefaults__
+    return functools.update_wrapper(copy, factory)
+
+
+class ShardedServer(asyncio.AbstractServer):
+    """One asyncio Server per shard behind one object. Each shard's server is
+    only touched on its own shard; this object hands calls over."""
+
+    def __init__(self, home: Any, servers: list[Any]) -> None:
+        self._home = home
+        self._servers = servers  # servers[i] lives on servers[i].get_loop()
+
+    def __repr__(self) -> str:
+        return f"<ShardedServer shards={len(self._servers)} sockets={self.sockets!r}>"
+
+    def _each(self, method: str) -> None:
+        for server in self._servers:
+            loop = server.get_loop()
+            if loop is self._home:
+                getattr(server, method)()
+            else:
+                try:
+                    loop.call_soon_threadsafe(getattr(server, method))
+                except RuntimeError:
+                    pass  # that shard's loop is closed, and its server with it
+
+    async def _gather(self, method: str) -> None:
+        await asyncio.gather(*(_call_on(self._home, s.get_loop(), getattr(s, method), ())
+                               if s.get_loop() is not self._home else getattr(s, method)()
+                               for s in self._servers))
+
+    def close(self) -> None:
+        self._each("close")
+
+    def close_clients(self) -> None:
+        self._each("close_clients")
+
+    def abort_clients(self) -> None:
+        self._each("abort_clients")
+
+    def get_loop(self) -> Any:
+        return self._home
+
+    def is_serving(self) -> bool:
+        return any(server.is_serving() for server in self._servers)
+
+    @property
+    def sockets(self) -> tuple:
+        return tuple(sock for server in self._servers for sock in server.sockets)
+
+    @property
+    def servers(self) -> tuple:
+        """The per-shard asyncio Server objects, in shard order."""
+        return tuple(self._servers)
+
+    async def start_serving(self) -> None:
+        await self._gather("start_serving")
+
+    async def wait_closed(self) -> None:
+        await self._gather("wait_closed")
+
+    async def serve_forever(self) -> None:
+        await self.start_serving()
+        try:
+            await self._home.create_future()
+        except asyncio.CancelledError:
+            self.close()
+            await self.wait_closed()
+            raise
+
+
+async def create_sharded_server(home: Any, create_here: Callable[..., Awaitable[Any]],
+                                protocol_factory: Callable[..., Any], host: Any, port: Any,
+                                kwargs: dict) -> ShardedServer:
+    """One SO_REUSEPORT listener per shard on the same address (port 0: the
+    first listener picks the port, the others bind it)."""
+    runtime = runtime_of(home)
+    assert runtime is not None
+    first = await create_here(home, protocol_factory, host, port, **kwargs)
+    if not port:
+        port = first.sockets[0].getsockname()[1]
+    others = [loop for loop in runtime.loops if loop is not home]
+    results = await asyncio.gather(*(
+        _call_on(home, loop, functools.partial(create_here, loop, for_loop(protocol_factory, home, loop),
+                                               host, port, **kwargs), ())
+        for loop in others), return_exceptions=True)
+    servers = [first] + [r for r in results if not isinstance(r, BaseException)]
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        ShardedServer(home, servers).close()
+        raise failed[0]
+    servers.sort(key=lambda s: getattr(s.get_loop(), "_shard_index", 0))
+    return ShardedServer(home, servers)
+
+
+def _create_server_here(loop: Any, *args: Any, **kwargs: Any) -> Awaitable[Any]:
+    return super(ShardMixin, loop).create_server(*args, **kwargs)  # type: ignore[misc]
+
+
+class ShardMixin:
+    """Mixed into shardloop.Loop, ahead of the TCP mixin: on a runtime with
+    several shards, create_server(..., reuse_port=True) serves on every shard."""
+
+    _shard_runtime: Runtime | None = None
+    _shard_index = 0
+
+    async def create_server(self, protocol_factory: Callable[..., Any], host: Any = None, port: Any = None,
+                            **kwargs: Any) -> Any:
+        runtime = self._shard_runtime
+        if runtime is not None and runtime.count > 1 and kwargs.get("reuse_port"):
+            return await create_sharded_server(self, _create_server_here, protocol_factory, host, port, kwargs)
+        return await super().create_server(protocol_factory, host, port, **kwargs)  # type: ignore[misc]
+
+    create_server.__signature__ = inspect.signature(  # type: ignore[attr-defined]
+        asyncio.base_events.BaseEventLoop.create_server)
+
+    def _stop_shards(self) -> None:
+        if self._shard_runtime is not None and self._shard_index == 0:
+            self._shard_runtime.stop()

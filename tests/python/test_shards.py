@@ -1,0 +1,312 @@
+"""Thread-per-core mode: shards, submit_to, and one server over every shard."""
+
+import asyncio
+import socket
+import threading
+
+import pytest
+
+from _support import requires_shardloop, shardloop
+
+pytestmark = requires_shardloop
+
+
+def run(main, shards=3):
+    return shardloop.run(main(), shards=shards)
+
+
+async def whereami(tag=None):
+    await asyncio.sleep(0)
+    return shardloop.current_shard(), threading.get_ident(), asyncio.get_running_loop(), tag
+
+
+def test_single_loop_mode_is_one_shard():
+    async def main():
+        assert shardloop.shard_count() == 1
+        assert shardloop.current_shard() == 0
+        assert shardloop.loop_of(0) is asyncio.get_running_loop()
+        with pytest.raises(ValueError):
+            shardloop.loop_of(1)
+        return await shardloop.submit_to(0, whereami, "x")
+
+    shard, ident, _, tag = run(main, shards=1)
+    assert (shard, ident, tag) == (0, threading.get_ident(), "x")
+
+
+def test_each_shard_has_its_own_loop_and_thread():
+    async def main():
+        assert shardloop.shard_count() == 3
+        results = await asyncio.gather(*(shardloop.submit_to(i, whereami, i) for i in (0, 1, 2, 1)))
+        return asyncio.get_running_loop(), results
+
+    home, results = run(main)
+    assert [r[0] for r in results] == [0, 1, 2, 1]
+    assert [r[3] for r in results] == [0, 1, 2, 1]
+    assert results[0][2] is home and results[0][1] == threading.get_ident()
+    assert len({r[1] for r in results}) == 3
+    assert len({id(r[2]) for r in results}) == 3
+    assert results[1][2] is results[3][2]
+    assert home.is_closed() and all(r[2].is_closed() for r in results)
+
+
+def test_submit_to_plain_function_and_exceptions():
+    def plain(a, b):
+        return a + b, shardloop.current_shard()
+
+    async def fails():
+        raise KeyError("remote")
+
+    def fails_sync():
+        raise ZeroDivisionError
+
+    async def main():
+        assert await shardloop.submit_to(2, plain, 1, 2) == (3, 2)
+        with pytest.raises(KeyError, match="remote"):
+            await shardloop.submit_to(1, fails)
+        with pytest.raises(ZeroDivisionError):
+            await shardloop.submit_to(2, fails_sync)
+        with pytest.raises(ValueError, match=r"out of range\(0, 3\)"):
+            await shardloop.submit_to(3, plain, 1, 2)
+        with pytest.raises(TypeError):
+            await shardloop.submit_to("1", plain, 1, 2)
+        return True
+
+    assert run(main)
+
+
+def test_many_calls_from_every_shard_arrive_exactly_once():
+    counts = [0, 0, 0]
+
+    def bump(shard):
+        counts[shard] += 1  # each shard only touches its own slot
+
+    async def fan_out(n):
+        await asyncio.gather(*(shardloop.submit_to(i % 3, bump, i % 3) for i in range(n)))
+
+    async def main():
+        await asyncio.gather(*(shardloop.submit_to(s, fan_out, 600) for s in range(3)))
+
+    run(main)
+    assert counts == [600, 600, 600]
+
+
+def test_cancelling_the_caller_cancels_the_remote_task():
+    async def main():
+        started = threading.Event()
+        cancelled = threading.Event()
+
+        async def wait_forever():
+            started.set()
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+
+        call = asyncio.ensure_future(shardloop.submit_to(1, wait_forever))
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        for _ in range(400):
+            if cancelled.is_set():
+                return True
+            await asyncio.sleep(0.005)
+        return False
+
+    assert run(main)
+
+
+def test_shutdown_cancels_remote_work_and_joins_threads():
+    before = threading.active_count()
+    remote_cancelled = threading.Event()
+
+    async def long_running():
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            remote_cancelled.set()
+            raise
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        shardloop.loop_of(2).call_soon_threadsafe(lambda: asyncio.ensure_future(long_running()))
+        await asyncio.sleep(0.05)
+        assert threading.active_count() == before + 2
+        return loop
+
+    loop = run(main)
+    assert loop.is_closed()
+    assert remote_cancelled.is_set()
+    assert threading.active_count() == before
+
+
+def test_unused_runtime_closes_cleanly():
+    before = threading.active_count()
+    loop = shardloop.new_event_loop(shards=4)
+    assert threading.active_count() == before + 3
+    loop.close()
+    assert threading.active_count() == before
+
+
+def test_policy_with_shards():
+    async def main():
+        return shardloop.shard_count(), await shardloop.submit_to(1, whereami)
+
+    policy = shardloop.EventLoopPolicy(shards=2)
+    loop = policy.new_event_loop()
+    try:
+        count, (shard, ident, _, _) = loop.run_until_complete(main())
+    finally:
+        loop.close()
+    assert count == 2 and shard == 1 and ident != threading.get_ident()
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-1, ValueError), ("2", TypeError), (True, TypeError)])
+def test_bad_shard_counts(bad, exc):
+    with pytest.raises(exc):
+        shardloop.new_event_loop(shards=bad)
+    with pytest.raises(exc):
+        shardloop.EventLoopPolicy(shards=bad)
+
+
+def test_run_refuses_loop_factory_with_shards():
+    async def main():
+        pass
+
+    coro = main()
+    with pytest.raises(ValueError, match="not both"):
+        shardloop.run(coro, shards=2, loop_factory=asyncio.new_event_loop)
+    coro.close()
+
+
+def test_shards_none_means_one_per_usable_cpu():
+    import os
+
+    async def main():
+        return shardloop.shard_count()
+
+    assert shardloop.run(main(), shards=None) == len(os.sched_getaffinity(0))
+
+
+async def _echo_line(port, payload):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(payload + b"\n")
+    await writer.drain()
+    line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return line
+
+
+def test_start_server_with_reuse_port_serves_on_every_shard():
+    served = []
+
+    async def handle(reader, writer):
+        # The streams belong to the shard that accepted the connection.
+        assert reader._loop is asyncio.get_running_loop()
+        served.append(shardloop.current_shard())
+        writer.write((await reader.readline()).upper())
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0, reuse_port=True)
+        assert isinstance(server, shardloop.ShardedServer)
+        assert server.get_loop() is asyncio.get_running_loop()
+        ports = {s.getsockname()[1] for s in server.sockets}
+        assert len(server.sockets) == 3 and len(ports) == 1
+        port = ports.pop()
+        assert server.is_serving()
+        replies = await asyncio.gather(*(_echo_line(port, b"m%d" % i) for i in range(120)))
+        assert replies == [b"M%d\n" % i for i in range(120)]
+        server.close()
+        await server.wait_closed()
+        assert not server.is_serving()
+        with pytest.raises(OSError):
+            await _echo_line(port, b"late")
+        return True
+
+    assert run(main)
+    assert len(served) == 120
+    # SO_REUSEPORT hashes connections over the listeners; with 120
+    # connections every shard gets some unless the kernel ignores the option.
+    assert set(served) == {0, 1, 2}
+
+
+def test_protocol_factory_runs_on_the_accepting_shard():
+    made = []
+
+    class Echo(asyncio.Protocol):
+        def connection_made(self, transport):
+            made.append((shardloop.current_shard(), transport.get_extra_info("socket") is not None))
+            self.transport = transport
+
+        def data_received(self, data):
+            self.transport.write(data.upper())
+
+    async def main():
+        server = await asyncio.get_running_loop().create_server(Echo, "127.0.0.1", 0, reuse_port=True,
+                                                                  start_serving=False)
+        assert not server.is_serving()
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        replies = await asyncio.gather(*(_echo_line(port, b"p%d" % i) for i in range(60)))
+        assert replies == [b"P%d\n" % i for i in range(60)]
+        async with server:
+            pass
+        await server.wait_closed()
+        return True
+
+    assert run(main)
+    assert len(made) == 60 and len({m[0] for m in made}) > 1
+
+
+def test_without_reuse_port_a_server_stays_on_its_shard():
+    async def main():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        assert isinstance(server, asyncio.base_events.Server)
+        assert len(server.sockets) == 1
+        server.close()
+        await server.wait_closed()
+        return True
+
+    assert run(main)
+
+
+def test_serve_forever_cancelled_closes_every_shard():
+    async def main():
+        server = await shardloop.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        task = asyncio.ensure_future(server.serve_forever())
+        await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not server.is_serving()
+        probe = socket.socket()
+        try:
+            with pytest.raises(OSError):
+                probe.connect(("127.0.0.1", port))
+        finally:
+            probe.close()
+        return True
+
+    assert run(main)
+
+
+def test_sharded_server_port_in_use_fails_whole():
+    async def main():
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        try:
+            with pytest.raises(OSError):
+                await shardloop.create_server(asyncio.Protocol, "127.0.0.1", port)
+        finally:
+            blocker.close()
+        return True
+
+    assert run(main)
