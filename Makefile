@@ -14,7 +14,7 @@ CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -
 # before the extension, or the first C++ throw aborts the interpreter.
 ASAN_RT = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libstdc++.so)
 
-.PHONY: deps apt venv build install demo test test-engine test-python test-asan test-versions bench clean
+.PHONY: deps apt venv build install demo test test-engine test-python test-asan test-versions bench bench-native clean
 
 deps: apt venv
 
@@ -47,12 +47,35 @@ demo: install
 	$(VPY) -m shardloop
 
 test: test-engine test-python test-asan
+test: test-integration conformance-gate
 
 test-engine: build
 	cd build && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
 
 test-python: install
 	cd tests && ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
+
+# Frameworks (aiohttp, uvicorn, websockets, anyio, pytest-asyncio) on shardloop and asyncio.
+test-integration: install
+	cd tests && ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/integration
+
+# CPython's own test_asyncio on shardloop, uvloop and asyncio (tests/conformance/README_SECTION.md).
+# The `test` package ships with python.org/pyenv builds; Debian splits it off.
+.PHONY: conformance conformance-update conformance-gate conformance-deps test-integration
+conformance-deps: deps
+	@$(VPY) -c 'import test.test_asyncio.test_events' 2>/dev/null || { \
+	  pkg=libpython$$($(VPY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite; \
+	  SUDO=$$([ $$(id -u) -eq 0 ] || echo sudo); echo "installing: $$pkg"; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkg; }
+
+conformance: install conformance-deps
+	$(VPY) tests/conformance/run.py
+
+conformance-update: install conformance-deps
+	$(VPY) tests/conformance/run.py --update
+
+conformance-gate: install conformance-deps
+	$(VPY) tests/conformance/run.py --gate
 
 # The interpreter is not instrumented, so it preloads the ASan runtime; its
 # own allocations at exit are not ours to judge, hence no leak check there
@@ -79,6 +102,13 @@ test-versions:
 
 bench: install
 	$(VPY) perf/bench.py
+
+# Native C++ API (perf/native): shardloop vs plain C epoll vs Go vs Node.js
+# echo on one core, plus cross-shard messaging; no Python build involved.
+bench-native: deps
+	$(VENV)/bin/cmake -S . -B build-native -G Ninja -DCMAKE_BUILD_TYPE=Release -DSHARDLOOP_BUILD_PYTHON=OFF -DSHARDLOOP_BUILD_TESTS=OFF >/dev/null
+	$(VENV)/bin/ninja -C build-native -j $(JOBS)
+	$(VPY) perf/native/compare.py --bin-dir build-native/perf/native
 
 clean:
 	rm -rf build build-asan

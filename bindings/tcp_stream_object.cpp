@@ -26,6 +26,15 @@ struct TcpStreamObject {
   // An open stream keeps itself alive, as a registered selector key keeps
   // asyncio's transports: a protocol need not hold on to its transport.
   bool self_ref;
+  // Fast paths, set by the transport while its protocol and state allow:
+  // reads go straight to protocol.data_received (one Python frame less per
+  // read), and transport.write is this object's write_fast.
+  PyObject* data_received;      // bound method, or nullptr: reads go to on_read
+  PyObject* on_protocol_error;  // on_protocol_error(exc) when data_received raised
+  PyObject* slow_write;         // the transport's full write(), for what the fast path does not take
+  PyObject* over_high_water;    // called when a write leaves more than high_water queued
+  std::size_t high_water;
+  bool fast_write;
 };
 
 PyTypeObject* TcpStreamType = nullptr;
@@ -53,9 +62,46 @@ void call_back(TcpStreamObject* self, PyObject* callback, PyObject* const* args,
   }
 }
 
+// data_received raised: SystemExit/KeyboardInterrupt stop the loop as
+// anywhere else; other errors are the transport's (_fatal_error).
+void protocol_failed(TcpStreamObject* self) {
+  if (exception_must_propagate()) {
+    loop_abort_with_exception(self->loop);
+    return;
+  }
+  PyObject *type, *exc, *tb;
+  PyErr_Fetch(&type, &exc, &tb);
+  PyErr_NormalizeException(&type, &exc, &tb);
+  if (tb != nullptr) PyException_SetTraceback(exc, tb);
+  Py_XDECREF(type);
+  Py_XDECREF(tb);
+  PyObject* handler = Py_XNewRef(self->on_protocol_error);
+  if (handler == nullptr) {
+    Py_XDECREF(exc);
+    return;
+  }
+  PyObject* args[] = {exc};
+  call_back(self, handler, args, 1);
+  Py_DECREF(handler);
+}
+
 void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   auto* self = static_cast<TcpStreamObject*>(ctx);
   Py_INCREF(self);  // the callback may drop the transport's last reference
+  if (nread > 0 && self->data_received != nullptr) {
+    PyObject* method = Py_NewRef(self->data_received);
+    PyObject* bytes = PyBytes_FromStringAndSize(data, nread);
+    PyObject* r = bytes ? PyObject_Vectorcall(method, &bytes, 1, nullptr) : nullptr;
+    Py_XDECREF(bytes);
+    if (r) {
+      Py_DECREF(r);
+    } else {
+      protocol_failed(self);
+    }
+    Py_DECREF(method);
+    Py_DECREF(self);
+    return;
+  }
   PyObject* arg;
   if (nread > 0) {
     arg = PyBytes_FromStringAndSize(data, nread);
@@ -116,6 +162,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->on_read = Py_NewRef(on_read_cb);
   self->on_write = Py_NewRef(on_write_cb);
   self->on_shutdown = Py_NewRef(on_shutdown_cb);
+  self->high_water = 64 * 1024;
   try {
     self->stream = TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close},
                                    pipe ? TcpStream::Kind::kPipe : TcpStream::Kind::kTcp);
@@ -174,6 +221,59 @@ PyObject* tcp_write(TcpStreamObject* self, PyObject* data) {
   return PyLong_FromSize_t(self->stream->queued());
 }
 
+// transport.write for the common case: bytes or bytearray while the
+// transport is open and writable. Everything else (type errors, writes
+// after close or write_eof, other buffers) goes to the transport's write.
+PyObject* tcp_write_fast(TcpStreamObject* self, PyObject* data) {
+  const bool plain = PyBytes_CheckExact(data) || PyByteArray_CheckExact(data);
+  if (!self->fast_write || !plain || self->stream == nullptr || self->stream->closed()) {
+    if (self->slow_write == nullptr) return check(self, UV_EBADF);
+    PyObject* slow = Py_NewRef(self->slow_write);
+    PyObject* r = PyObject_Vectorcall(slow, &data, 1, nullptr);
+    Py_DECREF(slow);
+    return r;
+  }
+  const char* buf = PyBytes_CheckExact(data) ? PyBytes_AS_STRING(data) : PyByteArray_AS_STRING(data);
+  const auto len = static_cast<std::size_t>(Py_SIZE(data));
+  int rc;
+  try {
+    rc = self->stream->write(buf, len);
+  } catch (const std::bad_alloc&) {
+    return PyErr_NoMemory();
+  }
+  if (rc < 0) {
+    // Reported as a failed queued write would be: the transport's error path.
+    Py_INCREF(self);
+    PyObject* args[] = {uv_error(rc), PyLong_FromSize_t(self->stream ? self->stream->queued() : 0)};
+    call_back(self, self->on_write, args, 2);
+    Py_DECREF(self);
+    if (PyErr_Occurred()) return nullptr;
+    Py_RETURN_NONE;
+  }
+  if (self->stream->queued() > self->high_water && self->over_high_water != nullptr) {
+    PyObject* cb = Py_NewRef(self->over_high_water);
+    PyObject* r = PyObject_CallNoArgs(cb);
+    Py_DECREF(cb);
+    if (r == nullptr) return nullptr;
+    Py_DECREF(r);
+  }
+  Py_RETURN_NONE;
+}
+
+// set_fast_paths(data_received, on_protocol_error, slow_write, over_high_water)
+PyObject* tcp_set_fast_paths(TcpStreamObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "set_fast_paths() takes 4 arguments");
+    return nullptr;
+  }
+  auto opt = [](PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); };
+  Py_XSETREF(self->data_received, opt(args[0]));
+  Py_XSETREF(self->on_protocol_error, opt(args[1]));
+  Py_XSETREF(self->slow_write, opt(args[2]));
+  Py_XSETREF(self->over_high_water, opt(args[3]));
+  Py_RETURN_NONE;
+}
+
 PyObject* tcp_shutdown(TcpStreamObject* self, PyObject*) {
   return usable(self) ? check(self, self->stream->shutdown()) : nullptr;
 }
@@ -199,6 +299,28 @@ int tcp_set_notify_writes(TcpStreamObject* self, PyObject* value, void*) {
   return 0;
 }
 
+PyObject* tcp_get_fast_write(TcpStreamObject* self, void*) { return PyBool_FromLong(self->fast_write); }
+
+int tcp_set_fast_write(TcpStreamObject* self, PyObject* value, void*) {
+  int flag = value ? PyObject_IsTrue(value) : 0;
+  if (flag < 0) return -1;
+  self->fast_write = flag;
+  return 0;
+}
+
+PyObject* tcp_get_high_water(TcpStreamObject* self, void*) { return PyLong_FromSize_t(self->high_water); }
+
+int tcp_set_high_water(TcpStreamObject* self, PyObject* value, void*) {
+  if (value == nullptr) {
+    PyErr_SetString(PyExc_AttributeError, "cannot delete high_water");
+    return -1;
+  }
+  std::size_t v = PyLong_AsSize_t(value);
+  if (v == static_cast<std::size_t>(-1) && PyErr_Occurred()) return -1;
+  self->high_water = v;
+  return 0;
+}
+
 PyObject* tcp_get_closed(TcpStreamObject* self, void*) {
   return PyBool_FromLong(self->stream == nullptr || self->stream->closed());
 }
@@ -209,6 +331,10 @@ int tcp_traverse(TcpStreamObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->on_read);
   Py_VISIT(self->on_write);
   Py_VISIT(self->on_shutdown);
+  Py_VISIT(self->data_received);
+  Py_VISIT(self->on_protocol_error);
+  Py_VISIT(self->slow_write);
+  Py_VISIT(self->over_high_water);
   return 0;
 }
 
@@ -216,6 +342,10 @@ int tcp_clear(TcpStreamObject* self) {
   Py_CLEAR(self->on_read);
   Py_CLEAR(self->on_write);
   Py_CLEAR(self->on_shutdown);
+  Py_CLEAR(self->data_received);
+  Py_CLEAR(self->on_protocol_error);
+  Py_CLEAR(self->slow_write);
+  Py_CLEAR(self->over_high_water);
   return 0;
 }
 
@@ -233,6 +363,9 @@ PyMethodDef tcp_methods[] = {
     {"read_start", reinterpret_cast<PyCFunction>(tcp_read_start), METH_NOARGS, nullptr},
     {"read_stop", reinterpret_cast<PyCFunction>(tcp_read_stop), METH_NOARGS, nullptr},
     {"write", reinterpret_cast<PyCFunction>(tcp_write), METH_O, "Write now or queue; returns bytes queued."},
+    {"write_fast", reinterpret_cast<PyCFunction>(tcp_write_fast), METH_O, "transport.write's common case."},
+    {"set_fast_paths", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(tcp_set_fast_paths)), METH_FASTCALL,
+     nullptr},
     {"shutdown", reinterpret_cast<PyCFunction>(tcp_shutdown), METH_NOARGS, nullptr},
     {"close", reinterpret_cast<PyCFunction>(tcp_close), METH_NOARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
@@ -241,6 +374,10 @@ PyMethodDef tcp_methods[] = {
 PyGetSetDef tcp_getset[] = {
     {"queued", reinterpret_cast<getter>(tcp_get_queued), nullptr, nullptr, nullptr},
     {"closed", reinterpret_cast<getter>(tcp_get_closed), nullptr, nullptr, nullptr},
+    {"fast_write", reinterpret_cast<getter>(tcp_get_fast_write), reinterpret_cast<setter>(tcp_set_fast_write), nullptr,
+     nullptr},
+    {"high_water", reinterpret_cast<getter>(tcp_get_high_water), reinterpret_cast<setter>(tcp_set_high_water), nullptr,
+     nullptr},
     {"notify_writes", reinterpret_cast<getter>(tcp_get_notify_writes), reinterpret_cast<setter>(tcp_set_notify_writes),
      nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},

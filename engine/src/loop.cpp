@@ -204,6 +204,10 @@ void Loop::run_once() {
   // A signal hook may have aborted the run while libuv was dispatching.
   if (aborting_) return;
   drain_inbox();
+  if (feeder_.drain) {
+    feeder_.drain(feeder_.ctx);
+    if (aborting_) return;
+  }
   // Only what is ready now belongs to this iteration (the ready queue as it
   // stands, then the timers due by now, as asyncio appends them); callbacks
   // scheduled while it runs wait for the next one.
@@ -272,6 +276,12 @@ void Loop::on_prepare(uv_prepare_t* handle) {
   if (self->block_ && !self->timers_.empty() && !uv_is_active(reinterpret_cast<uv_handle_t*>(&self->deadline_))) {
     self->arm_deadline(self->block_);
     if (!self->block_) uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+  }
+  // Last: a sender that queued before the flag went up is seen here, one
+  // that queues after it wakes the poll.
+  if (self->block_ && self->feeder_.sleep && self->feeder_.sleep(self->feeder_.ctx)) {
+    self->block_ = false;
+    uv_idle_start(&self->idle_, [](uv_idle_t*) {});
   }
   if (self->block_ && !self->waiting_) {
     self->waiting_ = true;

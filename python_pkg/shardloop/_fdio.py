@@ -1,12 +1,18 @@
 """Readiness-based I/O of shardloop.Loop: add_reader/add_writer (native
-uv_poll watchers) and the low-level sock_* coroutines built on them, with
-the semantics of asyncio's selector loop."""
+uv_poll watchers) and the low-level sock_* coroutines built on them
+(sock_sendfile included), with the semantics of asyncio's selector loop."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
+import io
+import os
 import socket
+import weakref
+from asyncio import base_events
+from asyncio.exceptions import SendfileNotAvailableError
 from typing import Any, Callable
 
 try:
@@ -48,6 +54,55 @@ def _connect_result(sock: socket.socket, address: Any) -> None:
         raise OSError(err, f"Connect call failed {address}")
 
 
+class _SendfileJob:
+    """One sock_sendfile: os.sendfile from `offset` on, one call per
+    writability event, the way asyncio's unix loop drives it."""
+
+    def __init__(self, sock_fd: int, file_fd: int, offset: int, count: int | None, blocksize: int) -> None:
+        self.sock_fd = sock_fd
+        self.file_fd = file_fd
+        self.offset = offset
+        self.count = count
+        self.blocksize = blocksize
+        self.total = 0
+        self.waited = False
+
+    def step(self) -> bool:
+        """Send one chunk; True once the count is reached or the file ends."""
+        if self.count:
+            self.blocksize = self.count - self.total
+            if self.blocksize <= 0:
+                return True
+        try:
+            sent = os.sendfile(self.sock_fd, self.file_fd, self.offset, self.blocksize)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            if self.total == 0:
+                # Nothing sent yet (e.g. a file sendfile cannot map): the
+                # caller may still fall back to read + send.
+                raise SendfileNotAvailableError("os.sendfile call failed") from exc
+            if self.waited and exc.errno == errno.ENOTCONN and type(exc) is not ConnectionError:
+                # The peer went away mid-transfer: the same error on every POSIX system.
+                raise ConnectionError("socket is not connected", errno.ENOTCONN) from exc
+            raise
+        if sent == 0:
+            return True
+        self.offset += sent
+        self.total += sent
+        return False
+
+    def advance(self) -> int:
+        """step() for _retry_when_ready: the total once done, else "later"."""
+        if not self.step():
+            raise BlockingIOError
+        return self.total
+
+    def update_file_position(self) -> None:
+        if self.total > 0:
+            os.lseek(self.file_fd, self.offset, os.SEEK_SET)
+
+
 class FdIOMixin:
     """Mixed into shardloop.Loop; relies on its native _add_reader & co."""
 
@@ -57,17 +112,45 @@ class FdIOMixin:
     _remove_writer: Callable[[int], bool]
     create_future: Callable[[], asyncio.Future]
 
+    # -- fds owned by transports: asyncio refuses watchers on them.
+
+    @functools.cached_property
+    def _fd_transports(self) -> dict[int, weakref.ref]:
+        return {}
+
+    def _own_fd(self, fd: int, transport: Any) -> None:
+        self._fd_transports[fd] = weakref.ref(transport)
+
+    def _disown_fd(self, fd: int, transport: Any) -> None:
+        ref = self._fd_transports.get(fd)
+        if ref is not None and ref() in (transport, None):
+            del self._fd_transports[fd]
+
+    def _ensure_fd_no_transport(self, fd: Any, fileno: int) -> None:
+        ref = self._fd_transports.get(fileno)
+        transport = ref() if ref is not None else None
+        if transport is not None and not transport.is_closing():
+            raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
+
     def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        self._add_reader(_fileobj_to_fd(fd), callback, *args)
+        fileno = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fd, fileno)
+        self._add_reader(fileno, callback, *args)
 
     def remove_reader(self, fd: Any) -> bool:
-        return self._remove_reader(_fileobj_to_fd(fd))
+        fileno = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fd, fileno)
+        return self._remove_reader(fileno)
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        self._add_writer(_fileobj_to_fd(fd), callback, *args)
+        fileno = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fd, fileno)
+        self._add_writer(fileno, callback, *args)
 
     def remove_writer(self, fd: Any) -> bool:
-        return self._remove_writer(_fileobj_to_fd(fd))
+        fileno = _fileobj_to_fd(fd)
+        self._ensure_fd_no_transport(fd, fileno)
+        return self._remove_writer(fileno)
 
     # -- sock_*: try at once; if the kernel says "later", wait for readiness.
 
@@ -80,6 +163,7 @@ class FdIOMixin:
         return await self._retry_when_ready(sock.fileno(), readable, op, args)
 
     async def _retry_when_ready(self, fd: int, readable: bool, op: Callable[..., Any], args: tuple) -> Any:
+        self._ensure_fd_no_transport(fd, fd)
         fut = self.create_future()
         add = self._add_reader if readable else self._add_writer
         handle = add(fd, self._sock_io_ready, fut, op, args)
@@ -137,8 +221,9 @@ class FdIOMixin:
             sent = 0
         if sent == len(view):
             return
-        fut = self.create_future()
         fd = sock.fileno()
+        self._ensure_fd_no_transport(fd, fd)
+        fut = self.create_future()
         progress = [sent]
         handle = self._add_writer(fd, self._sock_sendall_ready, fut, sock, view, progress)
         fut.add_done_callback(functools.partial(self._sock_io_done, fd, False, handle))
@@ -182,3 +267,42 @@ class FdIOMixin:
             if len(address) > 2:  # IPv6 flowinfo/scope id given: keep them
                 return address
         return infos[0][4]
+
+    # -- sock_sendfile: zero-copy os.sendfile, else read + sock_sendall.
+
+    async def sock_sendfile(self, sock: socket.socket, file: Any, offset: int = 0,
+                            count: int | None = None, *, fallback: bool = True) -> int:
+        _check_socket(sock)
+        # asyncio's own argument checks and read+send fallback, run on this loop.
+        base_events.BaseEventLoop._check_sendfile_params(self, sock, file, offset, count)
+        try:
+            return await self._sock_sendfile_native(sock, file, offset, count)
+        except SendfileNotAvailableError:
+            if not fallback:
+                raise
+        return await base_events.BaseEventLoop._sock_sendfile_fallback(self, sock, file, offset, count)
+
+    async def _sock_sendfile_native(self, sock: socket.socket, file: Any, offset: int,
+                                    count: int | None) -> int:
+        if not hasattr(os, "sendfile"):
+            raise SendfileNotAvailableError("os.sendfile() is not available")
+        try:
+            file_fd = file.fileno()
+        except (AttributeError, io.UnsupportedOperation):
+            raise SendfileNotAvailableError("not a regular file") from None
+        try:
+            size = os.fstat(file_fd).st_size
+        except OSError:
+            raise SendfileNotAvailableError("not a regular file") from None
+        blocksize = count if count else size
+        if not blocksize:
+            return 0  # empty file
+        job = _SendfileJob(sock.fileno(), file_fd, offset, count, blocksize)
+        try:
+            if job.step():
+                return job.total
+            job.waited = True
+            return await self._retry_when_ready(job.sock_fd, False, job.advance, ())
+        finally:
+            # Sent or not, the file position ends after what went out.
+            job.update_file_position()

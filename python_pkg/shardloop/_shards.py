@@ -14,6 +14,7 @@ import inspect
 import os
 import threading
 import types
+import warnings
 from typing import Any, Awaitable, Callable
 
 _STOP_TIMEOUT = 30.0
@@ -30,6 +31,10 @@ class Runtime:
         self._pin = pin
         self._threads: list[threading.Thread] = []
         self._cpus = sorted(os.sched_getaffinity(0)) if pin else []
+        if pin and shards > len(self._cpus):
+            warnings.warn(f"{shards} shards but {len(self._cpus)} usable CPUs: shards are not pinned",
+                          RuntimeWarning, stacklevel=4)
+            self._pin = False
 
     def start(self, main_loop: Any, new_loop: Callable[[], Any]) -> None:
         """Make `main_loop` shard 0 and start the other shards' threads."""

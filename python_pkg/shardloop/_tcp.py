@@ -11,9 +11,12 @@ import inspect
 import itertools
 import socket
 import sys
-from asyncio import base_events, trsock
+from asyncio import base_events, staggered, trsock
 from typing import Any, Callable
 
+from . import _sendfile
+
+from ._tls import check_ssl_arguments, make_ssl_protocol, server_protocol_factory
 from ._transport import TcpTransport
 
 # asyncio pauses accepting this long when out of descriptors.
@@ -27,10 +30,20 @@ def _bind_error(err: OSError, address: Any) -> OSError:
     return OSError(err.errno, f"error while attempting to bind on address {address!r}: {detail}")
 
 
-def _no_tls(ssl: Any, what: str) -> None:
-    if ssl is not None and ssl is not False:
-        raise NotImplementedError(f"shardloop does not implement {what}(ssl=...) yet: "
-                                  "it is part of the TLS, subprocesses and signals work")
+def _bind_local(sock: socket.socket, family: int, local_infos: list, errors: list) -> None:
+    # asyncio tries the local addresses of the socket's family in order; if
+    # none binds, every failure is kept and the last one is raised.
+    for lfamily, _, _, _, laddr in local_infos:
+        if lfamily != family:
+            continue
+        try:
+            sock.bind(laddr)
+            return
+        except OSError as exc:
+            errors.append(_bind_error(exc, laddr))
+    if errors:
+        raise errors.pop()
+    raise OSError(f"no matching local address with family={family!r} found")
 
 
 def _check_stream_socket(sock: socket.socket) -> None:
@@ -41,8 +54,9 @@ def _check_stream_socket(sock: socket.socket) -> None:
 def _asyncio_signature(method: Callable[..., Any]) -> Callable[..., Any]:
     """Give `method` the signature asyncio has on the running Python: a
     keyword that asyncio does not know there (all_errors before 3.12,
-    keep_alive before 3.13) is a TypeError here too."""
-    reference = inspect.signature(getattr(base_events.BaseEventLoop, method.__name__))
+    keep_alive before 3.13, cleanup_socket before 3.13) is a TypeError here
+    too. The reference is asyncio's Unix loop, which has the Unix methods."""
+    reference = inspect.signature(getattr(asyncio.SelectorEventLoop, method.__name__))
     known = set(reference.parameters)
 
     @functools.wraps(method)
@@ -67,25 +81,30 @@ class TcpMixin:
                                 server_hostname: Any = None, ssl_handshake_timeout: Any = None,
                                 ssl_shutdown_timeout: Any = None, happy_eyeballs_delay: Any = None,
                                 interleave: Any = None, all_errors: bool = False) -> tuple:
-        if server_hostname is not None and not ssl:
-            raise ValueError("server_hostname is only meaningful with ssl")
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        _no_tls(ssl, "create_connection")
+        if server_hostname is None and ssl:
+            # The host is what the certificate is checked against; '' skips the check.
+            if not host:
+                raise ValueError("You must set server_hostname when using ssl without a host")
+            server_hostname = host
+        check_ssl_arguments(ssl, sock=sock, server_hostname=server_hostname,
+                            ssl_handshake_timeout=ssl_handshake_timeout,
+                            ssl_shutdown_timeout=ssl_shutdown_timeout)
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            sock = await self._connect_any(host, port, family, proto, flags, local_addr, all_errors)
+            sock = await self._connect_any(host, port, family, proto, flags, local_addr, all_errors,
+                                           happy_eyeballs_delay, interleave)
         elif sock is None:
             raise ValueError("host and port was not specified and no sock specified")
         else:
             _check_stream_socket(sock)
-        return await self._make_connection(sock, protocol_factory)
+        return await self._make_connection(sock, protocol_factory, ssl=ssl, server_hostname=server_hostname,
+                                           ssl_handshake_timeout=ssl_handshake_timeout,
+                                           ssl_shutdown_timeout=ssl_shutdown_timeout)
 
     async def _connect_any(self, host: Any, port: Any, family: int, proto: int, flags: int,
-                           local_addr: Any, all_errors: bool) -> socket.socket:
+                           local_addr: Any, all_errors: bool, happy_eyeballs_delay: Any,
+                           interleave: Any) -> socket.socket:
         infos = await self.getaddrinfo(host, port, family=family, type=socket.SOCK_STREAM,
                                        proto=proto, flags=flags)
         if not infos:
@@ -96,46 +115,80 @@ class TcpMixin:
                                                  proto=proto, flags=flags)
             if not local_infos:
                 raise OSError("getaddrinfo() returned empty list")
-        exceptions: list[BaseException] = []
-        for fam, type_, pro, _, address in infos:
-            try:
-                return await self._connect_one(fam, type_, pro, address, local_infos)
-            except OSError as exc:
-                exceptions.append(exc)
-        if all_errors:
-            raise ExceptionGroup("create_connection failed", exceptions)
-        if len(exceptions) == 1 or len({str(e) for e in exceptions}) == 1:
-            raise exceptions[0]
-        raise OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in exceptions)))
-
-    async def _connect_one(self, family: int, type_: int, proto: int, address: Any,
-                           local_infos: list | None) -> socket.socket:
-        sock = socket.socket(family, type_, proto)
+        if happy_eyeballs_delay is not None and interleave is None:
+            interleave = 1  # happy eyeballs alternates address families by default
+        if interleave:
+            infos = base_events._interleave_addrinfos(infos, interleave)
+        # One list per attempt: its failed binds, then its connect error.
+        errors: list[list[OSError]] = []
+        sock = None
+        if happy_eyeballs_delay is None:
+            for info in infos:
+                try:
+                    sock = await self._connect_one(errors, info, local_infos)
+                    break
+                except OSError:
+                    continue
+        else:
+            # A new attempt every `delay` seconds (or as soon as the last one
+            # fails); the first connected socket wins, the others are cancelled.
+            sock, _, _ = await staggered.staggered_race(
+                [functools.partial(self._connect_one, errors, info, local_infos) for info in infos],
+                happy_eyeballs_delay, loop=self)
+        if sock is not None:
+            return sock
+        exceptions = [exc for attempt in errors for exc in attempt]
         try:
+            if all_errors:
+                raise ExceptionGroup("create_connection failed", exceptions)
+            if len(exceptions) == 1 or len({str(e) for e in exceptions}) == 1:
+                raise exceptions[0]
+            raise OSError("Multiple exceptions: {}".format(", ".join(str(e) for e in exceptions)))
+        finally:
+            exceptions = errors = None  # type: ignore[assignment]  # no cycle through the traceback
+
+    async def _connect_one(self, errors: list, info: tuple, local_infos: list | None) -> socket.socket:
+        mine: list[OSError] = []
+        errors.append(mine)
+        family, type_, proto, _, address = info
+        sock = None
+        try:
+            sock = socket.socket(family, type_, proto)
             sock.setblocking(False)
             if local_infos is not None:
-                for lfamily, _, _, _, laddr in local_infos:
-                    if lfamily != family:
-                        continue
-                    try:
-                        sock.bind(laddr)
-                        break
-                    except OSError as exc:
-                        raise _bind_error(exc, laddr) from None
-                else:
-                    raise OSError(f"no matching local address with family={family!r} found")
+                _bind_local(sock, family, local_infos, mine)
             await self.sock_connect(sock, address)
             return sock
-        except BaseException:
-            sock.close()
+        except OSError as exc:
+            mine.append(exc)
+            if sock is not None:
+                sock.close()
+            raise
+        except BaseException:  # cancelled by happy eyeballs, among others
+            if sock is not None:
+                sock.close()
             raise
 
+    async def sendfile(self, transport: asyncio.BaseTransport, file: Any, offset: int = 0,
+                       count: int | None = None, *, fallback: bool = True) -> int:
+        return await _sendfile.sendfile(self, transport, file, offset, count, fallback)
+
     async def _make_connection(self, sock: socket.socket, protocol_factory: Callable[[], Any],
-                               server: Any = None) -> tuple:
+                               server: Any = None, *, ssl: Any = None, server_hostname: Any = None,
+                               server_side: bool = False, ssl_handshake_timeout: Any = None,
+                               ssl_shutdown_timeout: Any = None) -> tuple:
         sock.setblocking(False)
         protocol = protocol_factory()
         waiter = self.create_future()
-        transport = TcpTransport(self, sock, protocol, waiter, server=server)
+        if ssl:
+            ssl_proto = make_ssl_protocol(self, protocol, ssl, waiter, server_side=server_side,
+                                          server_hostname=server_hostname,
+                                          ssl_handshake_timeout=ssl_handshake_timeout,
+                                          ssl_shutdown_timeout=ssl_shutdown_timeout)
+            TcpTransport(self, sock, ssl_proto, server=server)
+            transport = ssl_proto._app_transport
+        else:
+            transport = TcpTransport(self, sock, protocol, waiter, server=server)
         try:
             await waiter
         except BaseException:
@@ -147,12 +200,11 @@ class TcpMixin:
                                       ssl: Any = None, ssl_handshake_timeout: Any = None,
                                       ssl_shutdown_timeout: Any = None) -> tuple:
         _check_stream_socket(sock)
-        if ssl_handshake_timeout is not None and not ssl:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and not ssl:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        _no_tls(ssl, "connect_accepted_socket")
-        return await self._make_connection(sock, protocol_factory)
+        check_ssl_arguments(ssl, sock=sock, ssl_handshake_timeout=ssl_handshake_timeout,
+                            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        return await self._make_connection(sock, protocol_factory, ssl=ssl, server_side=True,
+                                           ssl_handshake_timeout=ssl_handshake_timeout,
+                                           ssl_shutdown_timeout=ssl_shutdown_timeout)
 
     @_asyncio_signature
     async def create_server(self, protocol_factory: Callable[[], Any], host: Any = None, port: Any = None,
@@ -161,13 +213,8 @@ class TcpMixin:
                             reuse_address: bool | None = None, reuse_port: bool | None = None,
                             keep_alive: bool | None = None, ssl_handshake_timeout: Any = None,
                             ssl_shutdown_timeout: Any = None, start_serving: bool = True) -> Any:
-        if isinstance(ssl, bool):
-            raise TypeError("ssl argument must be an SSLContext or None")
-        if ssl_handshake_timeout is not None and ssl is None:
-            raise ValueError("ssl_handshake_timeout is only meaningful with ssl")
-        if ssl_shutdown_timeout is not None and ssl is None:
-            raise ValueError("ssl_shutdown_timeout is only meaningful with ssl")
-        _no_tls(ssl, "create_server")
+        check_ssl_arguments(ssl, sock=sock, ssl_handshake_timeout=ssl_handshake_timeout,
+                            ssl_shutdown_timeout=ssl_shutdown_timeout, server=True)
         if host is not None or port is not None:
             if sock is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
@@ -230,12 +277,18 @@ class TcpMixin:
     # asyncio.Server drives these two.
     def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
                        sslcontext: Any = None, server: Any = None, backlog: int = 100,
-                       *args: Any) -> None:
+                       ssl_handshake_timeout: Any = None, ssl_shutdown_timeout: Any = None) -> None:
+        if sslcontext:
+            # Each accepted connection gets its SSLProtocol from the factory;
+            # _resume_accepting passes this wrapped factory back with no context.
+            protocol_factory = server_protocol_factory(self, protocol_factory, sslcontext,
+                                                       ssl_handshake_timeout, ssl_shutdown_timeout)
         self._add_listener(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
 
     def _stop_serving(self, sock: socket.socket) -> None:
         self.remove_reader(sock.fileno())
         sock.close()
+        self._unix_listener_closed(sock)  # UnixMixin: 3.13's cleanup_socket
 
     def _accept_ready(self, protocol_factory: Callable[[], Any], sock: socket.socket, server: Any,
                       backlog: int) -> None:

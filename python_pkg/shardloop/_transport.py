@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 import warnings
-from asyncio import trsock
+from asyncio import constants, trsock
 from typing import Any
 
 from . import _core
@@ -27,6 +27,35 @@ def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
 
 
 class TcpTransport(asyncio.Transport):
+    _start_tls_compatible = True  # loop.start_tls() accepts it
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE  # loop.sendfile(): os.sendfile
+
+    # transport.write is the native stream's write_fast while nothing below
+    # stands in its way; these four, when set, hand writes to _write (the
+    # full rules) and so are properties that keep the native flag current.
+    def _fast_state(name: str) -> property:  # type: ignore[misc]
+        slot = "_" + name + "_"
+
+        def get(self: Any) -> Any:
+            return getattr(self, slot)
+
+        def set_(self: Any, value: Any) -> None:
+            setattr(self, slot, value)
+            stream = self.__dict__.get("_stream")
+            if stream is not None:
+                stream.fast_write = not (self._closing_ or self._eof_ or self._conn_lost_
+                                         or self._empty_waiter_ is not None)
+        return property(get, set_)
+
+    _closing = _fast_state("closing")
+    _eof = _fast_state("eof")
+    _conn_lost = _fast_state("conn_lost")
+    _empty_waiter = _fast_state("empty_waiter")  # set while loop.sendfile() owns the socket
+    _closing_ = _eof_ = False
+    _conn_lost_ = 0
+    _empty_waiter_: asyncio.Future | None = None
+    del _fast_state
+
     def __init__(self, loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol,
                  waiter: asyncio.Future | None = None, extra: dict | None = None,
                  server: Any = None) -> None:
@@ -56,16 +85,20 @@ class TcpTransport(asyncio.Transport):
             fd = sock.fileno()
             self._shares_fd = True
         try:
-            self._stream = _core.TcpStream(loop, fd, self._on_read, self._on_write, self._on_shutdown)
+            self._stream = _core.TcpStream(loop, fd, self._on_read, self._on_write, self._on_shutdown,
+                                           pipe=sock.family == socket.AF_UNIX)
         except BaseException:
             if not self._shares_fd:
                 os.close(fd)
             raise
+        loop._own_fd(sock.fileno(), self)
+        self.write = self._stream.write_fast  # falls back to _write
+        self._stream.fast_write = True
         self._protocol: Any = None
-        self.set_protocol(protocol)
         self._closing = False
         self._conn_lost = 0
         self._eof = False
+        self.set_protocol(protocol)
         self._paused = False
         self._held: Any = None  # bytes read but not yet taken by the protocol
         self._protocol_paused = False
@@ -93,6 +126,9 @@ class TcpTransport(asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        # Plain protocols get their bytes from the native read callback.
+        fast_read = None if self._buffered else getattr(protocol, "data_received", None)
+        self._stream.set_fast_paths(fast_read, self._data_received_failed, self._write, self._pause_protocol)
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -193,11 +229,19 @@ class TcpTransport(asyncio.Transport):
 
     # -- writing -----------------------------------------------------------
 
-    def write(self, data: Any) -> None:
+    def write(self, data: Any) -> None:  # each instance uses _stream.write_fast instead
+        self._write(data)
+
+    def _data_received_failed(self, exc: BaseException) -> None:
+        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _write(self, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if self._eof:
             raise RuntimeError("Cannot call write() after write_eof()")
+        if self._empty_waiter is not None:
+            raise RuntimeError("unable to write; sendfile is in progress")
         if not data:
             return
         if self._conn_lost:
@@ -223,13 +267,16 @@ class TcpTransport(asyncio.Transport):
     def _on_write(self, error: OSError | None, queued: int) -> None:
         if error is not None:
             self._fatal_error(error, "Fatal write error on socket transport")
+            self._settle_empty_waiter(error)
             return
         if self._protocol_paused and queued <= self._low_water:
             self._resume_protocol()
         if queued == 0 and self._closing and not self._conn_lost:
             self._conn_lost += 1
             self._loop.call_soon(self._call_connection_lost, None)
-        self._stream.notify_writes = self._protocol_paused or self._closing
+        if queued == 0:
+            self._settle_empty_waiter(None)
+        self._stream.notify_writes = self._protocol_paused or self._closing or self._empty_waiter is not None
 
     def write_eof(self) -> None:
         if self._closing or self._eof:
@@ -257,6 +304,7 @@ class TcpTransport(asyncio.Transport):
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high_water, self._low_water = high, low
+        self._stream.high_water = high
         if self.get_write_buffer_size() > high:
             self._pause_protocol()
 
@@ -315,6 +363,8 @@ class TcpTransport(asyncio.Transport):
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _release_socket(self) -> None:
+        if self._sock is not None:
+            self._loop._disown_fd(self._sock.fileno(), self)
         if self._sock is not None and self._shares_fd:
             self._sock.detach()  # the stream closes the descriptor
         self._stream.close()
@@ -335,10 +385,35 @@ class TcpTransport(asyncio.Transport):
             })
         self._force_close(exc)
 
+    # -- loop.sendfile(): the native path waits for the queue to drain.
+
+    def _make_empty_waiter(self) -> asyncio.Future:
+        if self._empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self._empty_waiter = self._loop.create_future()
+        if self._stream.queued == 0:
+            self._empty_waiter.set_result(None)
+        else:
+            self._stream.notify_writes = True
+        return self._empty_waiter
+
+    def _reset_empty_waiter(self) -> None:
+        self._empty_waiter = None
+
+    def _settle_empty_waiter(self, exc: BaseException | None) -> None:
+        waiter = self._empty_waiter
+        if waiter is None or waiter.done():
+            return
+        if exc is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(exc)
+
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:
             self._protocol.connection_lost(exc)
         finally:
+            self._settle_empty_waiter(ConnectionError("Connection is closed by peer"))
             self._release_socket()
             self._protocol = None
             server, self._server = self._server, None

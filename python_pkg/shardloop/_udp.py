@@ -1,7 +1,446 @@
-"""UDP: create_datagram_endpoint and its DatagramTransport."""
+"""UDP: create_datagram_endpoint and its DatagramTransport.
+
+Datagram sockets are made, bound and connected here with asyncio's rules;
+the transport then moves datagrams on the loop's readiness watchers
+(_add_reader/_add_writer), the way asyncio's selector loop does."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import logging
+import os
+import socket
+import stat
+import sys
+import threading
+import warnings
+from asyncio import transports, trsock
+from typing import Any, Callable
+
+from ._transport import _LOG_THRESHOLD_FOR_CONNLOST_WRITES, _set_result_unless_cancelled
+
+logger = logging.getLogger("asyncio")
+
+# 3.13 sends empty datagrams (3.11/3.12 drop them) and counts 8 bytes of
+# UDP header per queued datagram in the write buffer size.
+_SEND_EMPTY = sys.version_info >= (3, 13)
+_HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
+
+# What _send_now made of one datagram.
+_SENT, _BLOCKED, _FAILED = range(3)
+
+# Largest datagram read at once, as asyncio's selector transports.
+_MAX_SIZE = 256 * 1024
+
+
+class _RecvBuffer(threading.local):
+    # One receive buffer per thread (recvfrom_into releases the GIL, so
+    # loops in two threads must not share one); each datagram is copied
+    # out at its own size instead of allocating 256 KiB per read.
+    def __init__(self) -> None:
+        self.view = memoryview(bytearray(_MAX_SIZE))
+
+
+_recv_buffer = _RecvBuffer()
+
+
+def _set_reuseport(sock: socket.socket) -> None:
+    if not hasattr(socket, "SO_REUSEPORT"):
+        raise ValueError("reuse_port not supported by socket module")
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    except OSError:
+        raise ValueError("reuse_port not supported by socket module, "
+                         "SO_REUSEPORT defined but not implemented.") from None
+
+
+def _check_datagram_socket(sock: socket.socket) -> None:
+    if sys.version_info >= (3, 13):
+        if sock.type == socket.SOCK_STREAM:
+            raise ValueError(f"A datagram socket was expected, got {sock!r}")
+    elif sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"A UDP Socket was expected, got {sock!r}")
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    if path[0] in (0, "\x00"):  # abstract namespace: nothing on disk
+        return
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.remove(path)
+    except FileNotFoundError:
+        pass
+    except OSError as err:
+        # The directory may only let us create the socket; bind decides.
+        logger.error("Unable to check or remove stale UNIX socket %r: %r", path, err)
+
 
 class DatagramMixin:
-    pass
+    """Mixed into shardloop.Loop."""
+
+    getaddrinfo: Callable[..., Any]
+    sock_connect: Callable[..., Any]
+    create_future: Callable[[], asyncio.Future]
+    get_debug: Callable[[], bool]
+
+    async def create_datagram_endpoint(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                                       local_addr: Any = None, remote_addr: Any = None, *,
+                                       family: int = 0, proto: int = 0, flags: int = 0,
+                                       reuse_port: Any = None, allow_broadcast: Any = None,
+                                       sock: socket.socket | None = None) -> tuple:
+        if sock is not None:
+            _check_datagram_socket(sock)
+            options = dict(local_addr=local_addr, remote_addr=remote_addr, family=family,
+                           proto=proto, flags=flags, reuse_port=reuse_port,
+                           allow_broadcast=allow_broadcast)
+            problems = ", ".join(f"{k}={v}" for k, v in options.items() if v)
+            if problems:
+                raise ValueError("socket modifier keyword arguments can not be used "
+                                 f"when sock is specified. ({problems})")
+            sock.setblocking(False)
+            r_addr = None
+        else:
+            pairs = await self._datagram_address_pairs(local_addr, remote_addr, family, proto, flags)
+            sock, r_addr = await self._open_datagram_socket(pairs, local_addr, remote_addr,
+                                                            reuse_port, allow_broadcast)
+        try:
+            protocol = protocol_factory()
+        except BaseException:
+            sock.close()
+            raise
+        waiter = self.create_future()
+        transport = self._make_datagram_transport(sock, protocol, r_addr, waiter)
+        if self.get_debug():
+            if local_addr:
+                logger.info("Datagram endpoint local_addr=%r remote_addr=%r created: (%r, %r)",
+                            local_addr, remote_addr, transport, protocol)
+            else:
+                logger.debug("Datagram endpoint remote_addr=%r created: (%r, %r)",
+                             remote_addr, transport, protocol)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            raise
+        return transport, protocol
+
+    def _make_datagram_transport(self, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                                 address: Any = None, waiter: asyncio.Future | None = None,
+                                 extra: dict | None = None) -> DatagramTransport:
+        return DatagramTransport(self, sock, protocol, address, waiter, extra)
+
+    async def _datagram_address_pairs(self, local_addr: Any, remote_addr: Any, family: int,
+                                      proto: int, flags: int) -> list:
+        """[((family, proto), (local address, remote address)), ...] to try in order."""
+        if not (local_addr or remote_addr):
+            if family == 0:
+                raise ValueError("unexpected address family")
+            return [((family, proto), (None, None))]
+        if family == getattr(socket, "AF_UNIX", None):
+            for addr in (local_addr, remote_addr):
+                if addr is not None and not isinstance(addr, str):
+                    raise TypeError("string is expected")
+            if local_addr:
+                _remove_stale_unix_socket(local_addr)
+            return [((family, proto), (local_addr, remote_addr))]
+        by_family: dict[tuple, list] = {}  # insertion order is the order to try
+        for index, addr in ((0, local_addr), (1, remote_addr)):
+            if addr is None:
+                continue
+            if not (isinstance(addr, tuple) and len(addr) == 2):
+                raise TypeError("2-tuple is expected")
+            infos = await self.getaddrinfo(addr[0], addr[1], family=family, type=socket.SOCK_DGRAM,
+                                           proto=proto, flags=flags)
+            if not infos:
+                raise OSError("getaddrinfo() returned empty list")
+            for fam, _, pro, _, address in infos:
+                by_family.setdefault((fam, pro), [None, None])[index] = address
+        # Each given address must resolve within the same (family, proto).
+        pairs = [(key, pair) for key, pair in by_family.items()
+                 if not ((local_addr and pair[0] is None) or (remote_addr and pair[1] is None))]
+        if not pairs:
+            raise ValueError("can not get address information")
+        return pairs
+
+    async def _open_datagram_socket(self, pairs: list, local_addr: Any, remote_addr: Any,
+                                    reuse_port: Any, allow_broadcast: Any) -> tuple:
+        exceptions: list[OSError] = []
+        for (family, proto), (local_address, remote_address) in pairs:
+            sock = None
+            try:
+                sock = socket.socket(family=family, type=socket.SOCK_DGRAM, proto=proto)
+                if reuse_port:
+                    _set_reuseport(sock)
+                if allow_broadcast:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+                sock.setblocking(False)
+                if local_addr:
+                    sock.bind(local_address)
+                r_addr = None
+                if remote_addr:
+                    # A broadcasting socket stays unconnected: it sends to
+                    # the remote address with sendto().
+                    if not allow_broadcast:
+                        await self.sock_connect(sock, remote_address)
+                    r_addr = remote_address
+                return sock, r_addr
+            except OSError as exc:
+                if sock is not None:
+                    sock.close()
+                exceptions.append(exc)
+            except BaseException:
+                if sock is not None:
+                    sock.close()
+                raise
+        try:
+            raise exceptions[0]
+        finally:
+            exceptions = []  # no cycle through the traceback
+
+
+class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
+    """asyncio's datagram transport contract on the loop's fd watchers."""
+
+    max_size = _MAX_SIZE
+
+    def __init__(self, loop: Any, sock: socket.socket, protocol: asyncio.BaseProtocol,
+                 address: Any = None, waiter: asyncio.Future | None = None,
+                 extra: dict | None = None) -> None:
+        super().__init__(extra, loop)
+        self._extra["socket"] = trsock.TransportSocket(sock)
+        try:
+            self._extra["sockname"] = sock.getsockname()
+        except OSError:
+            self._extra["sockname"] = None
+        if "peername" not in self._extra:
+            try:
+                self._extra["peername"] = sock.getpeername()
+            except OSError:
+                self._extra["peername"] = None
+        # A connected socket sends with send(); its peer may have no name
+        # (a socketpair's is ''), so test for None rather than truth.
+        self._connected = self._extra["peername"] is not None
+        self._sock: socket.socket | None = sock
+        self._sock_fd = sock.fileno()
+        self._protocol: Any = protocol
+        self._address = address
+        self._buffer: collections.deque = collections.deque()
+        self._buffer_size = 0
+        self._conn_lost = 0  # set once connection_lost is scheduled
+        self._closing = False
+        self._paused = False
+        self._reading = False  # reader registered
+        self._writing = False  # writer registered
+        loop.call_soon(protocol.connection_made, self)
+        # Reading starts only after connection_made() has run.
+        loop.call_soon(self._start_reading)
+        if waiter is not None:
+            loop.call_soon(_set_result_unless_cancelled, waiter, None)
+
+    def __repr__(self) -> str:
+        info = [type(self).__name__]
+        if self._sock is None:
+            info.append("closed")
+        elif self._closing:
+            info.append("closing")
+        info.append(f"fd={self._sock_fd}")
+        if self._sock is not None:
+            info.append("read=polling" if self._reading else "read=idle")
+            state = "polling" if self._writing else "idle"
+            info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
+        return "<{}>".format(" ".join(info))
+
+    def __del__(self, _warn: Any = warnings.warn) -> None:
+        if self._sock is not None:
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._sock.close()
+            self._sock = None
+
+    # -- protocol ----------------------------------------------------------
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    # -- reading -----------------------------------------------------------
+
+    def _start_reading(self) -> None:
+        if self.is_reading():
+            self._loop._add_reader(self._sock_fd, self._read_ready)
+            self._reading = True
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop._remove_reader(self._sock_fd)
+
+    def is_reading(self) -> bool:
+        return not self._closing and not self._paused
+
+    def pause_reading(self) -> None:
+        if not self.is_reading():
+            return
+        self._paused = True
+        self._stop_reading()
+        if self._loop.get_debug():
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self) -> None:
+        if self._closing or not self._paused:
+            return
+        self._paused = False
+        self._start_reading()
+        if self._loop.get_debug():
+            logger.debug("%r resumes reading", self)
+
+    def _read_ready(self) -> None:
+        if self._conn_lost:
+            return
+        view = _recv_buffer.view
+        try:
+            size, addr = self._sock.recvfrom_into(view)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            # ICMP errors (port unreachable...) come back as a failed read.
+            self._protocol.error_received(exc)
+            return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal read error on datagram transport")
+            return
+        # An exception from the protocol reaches the loop's exception
+        # handler through the reader callback, as with asyncio.
+        self._protocol.datagram_received(bytes(view[:size]), addr)
+
+    # -- writing -----------------------------------------------------------
+
+    def get_write_buffer_size(self) -> int:
+        return self._buffer_size
+
+    def sendto(self, data: Any, addr: Any = None) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
+        if not data and not _SEND_EMPTY:
+            return
+        if self._address:
+            if addr not in (None, self._address):
+                raise ValueError(f"Invalid address: must be None or {self._address}")
+            addr = self._address
+        if self._conn_lost:
+            # asyncio only counts these on a connected transport and lets an
+            # unconnected one fail on its closed socket; both just drop here.
+            if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning("socket.send() raised exception.")
+            self._conn_lost += 1
+            return
+        if not self._buffer:
+            if self._send_now(data, addr) != _BLOCKED:
+                return
+            self._loop._add_writer(self._sock_fd, self._sendto_ready)
+            self._writing = True
+        # The caller may reuse its buffer: keep an immutable copy.
+        self._buffer.append((bytes(data), addr))
+        self._buffer_size += len(data) + _HEADER_SIZE
+        self._maybe_pause_protocol()
+
+    def _send_now(self, data: Any, addr: Any) -> int:
+        try:
+            if self._connected:
+                self._sock.send(data)  # type: ignore[union-attr]
+            else:
+                self._sock.sendto(data, addr)  # type: ignore[union-attr]
+        except (BlockingIOError, InterruptedError):
+            return _BLOCKED
+        except OSError as exc:
+            self._protocol.error_received(exc)  # the datagram is dropped, as with asyncio
+            return _FAILED
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal write error on datagram transport")
+            return _FAILED
+        return _SENT
+
+    def _sendto_ready(self) -> None:
+        while self._buffer:
+            data, addr = self._buffer.popleft()
+            self._buffer_size -= len(data) + _HEADER_SIZE
+            outcome = self._send_now(data, addr)
+            if outcome == _BLOCKED:
+                self._buffer.appendleft((data, addr))  # still full: next time
+                self._buffer_size += len(data) + _HEADER_SIZE
+                break
+            if outcome == _FAILED:
+                return
+        self._maybe_resume_protocol()  # the protocol may send more here
+        if not self._buffer:
+            self._stop_writing()
+            if self._closing:
+                self._conn_lost += 1  # later sends are dropped, not sent on a closed socket
+                self._call_connection_lost(None)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop._remove_writer(self._sock_fd)
+
+    # -- closing -----------------------------------------------------------
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._stop_reading()
+        if not self._buffer:  # else _sendto_ready finishes once it drains
+            self._conn_lost += 1
+            self._stop_writing()
+            self._loop.call_soon(self._call_connection_lost, None)
+
+    def abort(self) -> None:
+        self._force_close(None)
+
+    def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
+        if isinstance(exc, OSError):
+            if self._loop.get_debug():
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self._loop.call_exception_handler({
+                "message": message,
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            })
+        self._force_close(exc)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        if self._conn_lost:
+            return
+        if self._buffer:
+            self._buffer.clear()
+            self._buffer_size = 0
+        self._stop_writing()
+        self._closing = True
+        self._stop_reading()
+        self._conn_lost += 1
+        self._loop.call_soon(self._call_connection_lost, exc)
+
+    def _call_connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        finally:
+            # The watchers poll duplicates of the fd: drop them before the
+            # socket goes, or the kernel socket would outlive close().
+            self._stop_reading()
+            self._stop_writing()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+            self._protocol = None

@@ -1408,3 +1408,91 @@ def test_many_concurrent_sock_recv(loop, res):
             assert loop.remove_reader(a) is False
 
     run(loop, main(), timeout=30)
+
+
+# ------------------------------------------------- fds owned by transports
+
+
+def _owned_message(fd, transport):
+    return "File descriptor %r is used by transport %r" % (fd, transport)
+
+
+async def _client_transport(loop, res):
+    lst = make_listener(res, socket.AF_INET)
+    tr, proto = await loop.create_connection(asyncio.Protocol, *lst.getsockname())
+    conn, _ = await loop.sock_accept(lst)
+    res.append(conn)
+    return tr, conn
+
+
+def test_watchers_on_a_transport_fd_raise(loop, res):
+    """asyncio refuses add_/remove_reader/writer on the fd of a live
+    transport (given as a number or as the transport's socket)."""
+
+    async def main():
+        tr, _ = await _client_transport(loop, res)
+        tsock = tr.get_extra_info("socket")
+        fd = tsock.fileno()
+        for key in (fd, tsock):
+            for call in (lambda: loop.add_reader(key, lambda: None),
+                         lambda: loop.add_writer(key, lambda: None),
+                         lambda: loop.remove_reader(key),
+                         lambda: loop.remove_writer(key)):
+                with pytest.raises(RuntimeError) as info:
+                    call()
+                assert str(info.value) == _owned_message(key, tr)
+        tr.close()
+        # A closing transport no longer owns its fd.
+        loop.add_reader(fd, lambda: None)
+        assert loop.remove_reader(fd) is True
+        assert loop.remove_writer(fd) is False
+
+    run(loop, main())
+
+
+def test_sock_calls_that_must_wait_on_a_transport_fd_raise(loop, res):
+    async def main():
+        tr, _ = await _client_transport(loop, res)
+        fd = tr.get_extra_info("socket").fileno()
+        alias = socket.socket(fileno=fd)  # the transport's descriptor itself
+        alias.setblocking(False)
+        try:
+            with pytest.raises(RuntimeError) as info:
+                await loop.sock_recv(alias, 10)  # nothing to read: it would wait
+            assert str(info.value) == _owned_message(fd, tr)
+            with pytest.raises(RuntimeError) as info:
+                await loop.sock_recv_into(alias, bytearray(10))
+            assert str(info.value) == _owned_message(fd, tr)
+        finally:
+            alias.detach()
+        tr.close()
+
+    run(loop, main())
+
+
+def test_server_side_transport_fd_is_owned(loop, res):
+    async def main():
+        made = loop.create_future()
+
+        class Proto(asyncio.Protocol):
+            def connection_made(self, transport):
+                made.set_result(transport)
+
+        server = await loop.create_server(Proto, "127.0.0.1", 0)
+        client = socket.socket()
+        res.append(client)
+        client.setblocking(False)
+        await loop.sock_connect(client, server.sockets[0].getsockname())
+        tr = await made
+        fd = tr.get_extra_info("socket").fileno()
+        with pytest.raises(RuntimeError) as info:
+            loop.add_reader(fd, lambda: None)
+        assert str(info.value) == _owned_message(fd, tr)
+        # The client's own socket is no transport's: watching it is fine.
+        loop.add_reader(client, lambda: None)
+        assert loop.remove_reader(client) is True
+        tr.close()
+        server.close()
+        await server.wait_closed()
+
+    run(loop, main())

@@ -35,6 +35,18 @@ class Loop {
     void (*on_signal)(void* ctx) = nullptr;
   };
 
+  // A source of work outside the loop (the Runtime's cross-shard queues),
+  // polled by the loop thread itself so that senders need no syscall while
+  // the loop is awake.
+  struct Feeder {
+    void* ctx = nullptr;
+    // Once per iteration, after the poll and the inbox: runs what arrived.
+    void (*drain)(void* ctx) noexcept = nullptr;
+    // Right before the loop would block: publishes "asleep" and returns true
+    // when work arrived meanwhile (the poll then does not block).
+    bool (*sleep)(void* ctx) noexcept = nullptr;
+  };
+
   enum class Exit { stopped, aborted };
 
   Loop();
@@ -75,6 +87,10 @@ class Loop {
   void close();
 
   void set_hooks(const Hooks& hooks) noexcept { hooks_ = hooks; }
+  // Loop thread (or before the loop runs). An empty Feeder removes it.
+  void set_feeder(const Feeder& feeder) noexcept { feeder_ = feeder; }
+  // Any thread, while the loop is open: ends a blocking poll.
+  void wake() noexcept { uv_async_send(&async_); }
   // Libuv callbacks that may call into the embedder call this first: it
   // ends the wait (retaking the GIL) if the loop was blocked.
   void resume() noexcept {
@@ -152,6 +168,7 @@ class Loop {
 
   OwnedHandle* owned_ = nullptr;  // intrusive list of open engine handles
   Hooks hooks_{};
+  Feeder feeder_{};
   std::function<void(std::exception_ptr)> error_handler_;
   bool running_ = false;
   bool stopping_ = false;

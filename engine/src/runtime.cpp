@@ -1,0 +1,363 @@
+#include "shardloop/runtime.hpp"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <atomic>
+#include <cstdio>
+#include <string>
+#include <thread>
+
+#include <concurrentqueue/concurrentqueue.h>
+
+#include "shardloop/spsc_queue.hpp"
+
+namespace shardloop {
+
+namespace {
+
+thread_local Runtime* tls_runtime = nullptr;
+thread_local int tls_shard = -1;
+
+enum State : int { kRunning = 0, kDraining = 1, kClosed = 2 };
+
+// Work a thread that is not a shard may queue per drain before the shard
+// looks at its other queues again.
+constexpr std::size_t kForeignBatch = 1024;
+
+}  // namespace
+
+struct Runtime::Shard {
+  // Written by the shard before it blocks, read by every sender: its own
+  // cache line, apart from what senders write.
+  alignas(64) std::atomic<bool> sleeping{false};
+  alignas(64) std::atomic<int> state{kRunning};
+  std::atomic<Loop*> loop{nullptr};
+  unsigned id = 0;
+  int cpu = -1;
+  bool restore_affinity = false;
+  cpu_set_t saved_affinity;
+  std::vector<std::function<void()>> at_exit;
+  // incoming[p]: from shard p; only shard p pushes, only this shard pops.
+  std::vector<std::unique_ptr<SpscQueue<Work>>> incoming;
+  alignas(64) std::atomic<bool> foreign_pending{false};
+  std::atomic<int> foreign_writers{0};
+  std::atomic<std::uint64_t> wakeups{0};
+  moodycamel::ConcurrentQueue<Work> foreign;
+  Runtime* rt = nullptr;
+};
+
+std::vector<int> Runtime::usable_cpus() {
+  std::vector<int> cpus;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof set, &set) == 0) {
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+  }
+  if (cpus.empty()) {
+    unsigned n = std::thread::hardware_concurrency();
+    for (unsigned c = 0; c < (n ? n : 1); ++c) cpus.push_back(static_cast<int>(c));
+  }
+  return cpus;
+}
+
+Runtime::Runtime(Options options) : cpus_(usable_cpus()) {
+  count_ = options.shards ? options.shards : static_cast<unsigned>(cpus_.size());
+  pin_ = options.pin && count_ <= cpus_.size();
+  shards_.reset(new Shard[count_]);
+  for (unsigned s = 0; s < count_; ++s) {
+    Shard& sh = shards_[s];
+    sh.id = s;
+    sh.rt = this;
+    sh.cpu = pin_ ? cpus_[s] : -1;
+    sh.incoming.reserve(count_);
+    for (unsigned p = 0; p < count_; ++p) sh.incoming.push_back(std::make_unique<SpscQueue<Work>>(options.ring_capacity));
+  }
+}
+
+Runtime::~Runtime() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (attached_ != detaching_) {
+      std::fprintf(stderr, "shardloop: Runtime destroyed while shards are attached\n");
+      std::abort();
+    }
+  }
+  // Shards that never attached may hold work: it is discarded here, after
+  // every shard refuses more (a discarded request's reply is refused too).
+  for (unsigned s = 0; s < count_; ++s) shards_[s].state.store(kClosed, std::memory_order_seq_cst);
+  for (unsigned s = 0; s < count_; ++s) {
+    while (shards_[s].foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    drain(shards_[s], false);
+  }
+}
+
+Runtime::Shard& Runtime::shard(unsigned s) const {
+  if (s >= count_) throw std::out_of_range("no shard " + std::to_string(s) + " (shards: " + std::to_string(count_) + ")");
+  return shards_[s];
+}
+
+Runtime* Runtime::current() noexcept { return tls_runtime; }
+int Runtime::this_shard() noexcept { return tls_shard; }
+bool Runtime::on_shard(unsigned s) const noexcept { return tls_runtime == this && tls_shard == static_cast<int>(s); }
+Runtime::Shard* Runtime::my_shard() const noexcept {
+  return tls_runtime == this && tls_shard >= 0 ? &shards_[tls_shard] : nullptr;
+}
+
+Loop* Runtime::loop_of(unsigned s) const noexcept {
+  return s < count_ ? shards_[s].loop.load(std::memory_order_acquire) : nullptr;
+}
+
+bool Runtime::stopping() const noexcept {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stopping_;
+}
+
+Runtime::Stats Runtime::stats() const noexcept {
+  Stats st;
+  for (unsigned s = 0; s < count_; ++s) st.wakeups += shards_[s].wakeups.load(std::memory_order_relaxed);
+  // Producer-side counters: exact once the shards are quiet.
+  for (unsigned s = 0; s < count_; ++s)
+    for (auto& q : shards_[s].incoming) st.overflows += q->overflows();
+  return st;
+}
+
+// --- sending ---------------------------------------------------------------
+
+void Runtime::wake(Shard& to) noexcept {
+  // Dekker with sleep(): our push, a full fence, then its flag; it sets the
+  // flag, a full fence, then looks at the queues. One of us sees the other.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (to.sleeping.load(std::memory_order_relaxed) && to.sleeping.exchange(false, std::memory_order_acq_rel)) {
+    to.wakeups.fetch_add(1, std::memory_order_relaxed);
+    to.loop.load(std::memory_order_acquire)->wake();
+  }
+}
+
+bool Runtime::post_from_shard(Shard& from, Shard& to, Work work) {
+  if (to.state.load(std::memory_order_acquire) == kClosed) return false;
+  to.incoming[from.id]->push(work);
+  wake(to);
+  return true;
+}
+
+bool Runtime::post_foreign(Shard& to, Work work) {
+  // Writers announce themselves before looking at the state; detach() sets
+  // the state and then waits for announced writers, so nothing lands in a
+  // queue after the shard has started settling it.
+  to.foreign_writers.fetch_add(1, std::memory_order_seq_cst);
+  if (to.state.load(std::memory_order_seq_cst) != kRunning) {
+    to.foreign_writers.fetch_sub(1, std::memory_order_release);
+    return false;
+  }
+  bool ok = to.foreign.enqueue(work);
+  if (ok) {
+    to.foreign_pending.store(true, std::memory_order_release);
+    wake(to);
+  }
+  to.foreign_writers.fetch_sub(1, std::memory_order_release);
+  if (!ok) throw std::bad_alloc();
+  return true;
+}
+
+bool Runtime::post(unsigned target, Work work) {
+  Shard& to = shard(target);
+  if (Shard* me = my_shard()) return post_from_shard(*me, to, work);
+  return post_foreign(to, work);
+}
+
+bool Runtime::post(unsigned target, std::function<void()> fn) {
+  shard(target);  // range check before anything is allocated
+  Work work = make_work(std::move(fn));
+  if (post(target, work)) return true;
+  work.discard();
+  return false;
+}
+
+// --- receiving -------------------------------------------------------------
+
+std::size_t Runtime::drain(Shard& sh, bool run) noexcept {
+  std::size_t n = 0;
+  for (auto& q : sh.incoming) {
+    if (run)
+      n += q->drain([](const Work& w) { w.run(); });
+    else
+      n += q->drain([](const Work& w) { w.discard(); });
+  }
+  if (sh.foreign_pending.exchange(false, std::memory_order_acq_rel)) {
+    Work batch[64];
+    std::size_t got, taken = 0;
+    while (taken < kForeignBatch && (got = sh.foreign.try_dequeue_bulk(batch, 64)) != 0) {
+      taken += got;
+      for (std::size_t i = 0; i < got; ++i) run ? batch[i].run() : batch[i].discard();
+    }
+    // Possibly more: look again next time (and do not block meanwhile).
+    if (taken >= kForeignBatch) sh.foreign_pending.store(true, std::memory_order_relaxed);
+    n += taken;
+  }
+  return n;
+}
+
+void Runtime::feed(void* ctx) noexcept {
+  auto* sh = static_cast<Shard*>(ctx);
+  if (sh->sleeping.load(std::memory_order_relaxed)) sh->sleeping.store(false, std::memory_order_relaxed);
+  sh->rt->drain(*sh, true);
+}
+
+bool Runtime::sleep(void* ctx) noexcept {
+  auto* sh = static_cast<Shard*>(ctx);
+  sh->sleeping.exchange(true, std::memory_order_seq_cst);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  bool work = sh->foreign_pending.load(std::memory_order_relaxed);
+  for (std::size_t p = 0; !work && p < sh->incoming.size(); ++p) work = !sh->incoming[p]->empty();
+  if (work) sh->sleeping.store(false, std::memory_order_relaxed);
+  return work;
+}
+
+// --- lifecycle -------------------------------------------------------------
+
+void Runtime::attach(unsigned s, Loop& loop) {
+  Shard& sh = shard(s);
+  if (tls_runtime != nullptr) throw std::logic_error("this thread is already a shard");
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (detaching_ != 0) throw std::logic_error("the runtime is shutting down");
+    if (sh.loop.load(std::memory_order_relaxed) != nullptr) throw std::logic_error("shard " + std::to_string(s) + " is already attached");
+    sh.loop.store(&loop, std::memory_order_release);
+    ++attached_;
+    if (stopping_) loop.call_soon_threadsafe(Work{[](void* l, bool run) noexcept { if (run) static_cast<Loop*>(l)->stop(); }, &loop});
+  }
+  if (sh.cpu >= 0) {
+    sh.restore_affinity = pthread_getaffinity_np(pthread_self(), sizeof sh.saved_affinity, &sh.saved_affinity) == 0;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(sh.cpu, &set);
+    pthread_setaffinity_np(pthread_self(), sizeof set, &set);  // best effort
+  }
+  tls_runtime = this;
+  tls_shard = static_cast<int>(s);
+  loop.set_feeder(Loop::Feeder{&sh, &Runtime::feed, &Runtime::sleep});
+}
+
+void Runtime::stop() {
+  std::lock_guard<std::mutex> lock(mu_);
+  stopping_ = true;
+  for (unsigned s = 0; s < count_; ++s) {
+    Loop* loop = shards_[s].loop.load(std::memory_order_relaxed);
+    if (loop) loop->call_soon_threadsafe(Work{[](void* l, bool run) noexcept { if (run) static_cast<Loop*>(l)->stop(); }, loop});
+  }
+}
+
+void Runtime::at_exit(std::function<void()> fn) {
+  Shard* sh = my_shard();
+  if (!sh) throw std::logic_error("at_exit() needs a shard thread");
+  sh->at_exit.push_back(std::move(fn));
+}
+
+// One shutdown round: true when any shard did something during it (so
+// another round is needed). A round where no shard found or sent anything
+// proves every queue empty: all that was sent in earlier rounds was visible
+// to this round's drains.
+bool Runtime::round(bool active) {
+  std::unique_lock<std::mutex> lock(mu_);
+  round_activity_ = round_activity_ || active;
+  if (++round_waiting_ == attached_) {
+    round_result_ = round_activity_;
+    round_activity_ = false;
+    round_waiting_ = 0;
+    ++round_gen_;
+    cv_.notify_all();
+    return round_result_;
+  }
+  std::uint64_t gen = round_gen_;
+  cv_.wait(lock, [&] { return round_gen_ != gen; });
+  return round_result_;
+}
+
+void Runtime::detach() {
+  Shard* shp = my_shard();
+  if (!shp) throw std::logic_error("detach() needs a shard thread");
+  Shard& sh = *shp;
+  Loop* loop = sh.loop.load(std::memory_order_relaxed);
+  if (loop->is_running()) throw std::logic_error("detach() while the shard's loop runs");
+  stop();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++detaching_;
+  }
+  // The loop has returned: it is not asleep, whatever an abort left behind.
+  sh.sleeping.store(false, std::memory_order_seq_cst);
+  sh.state.store(kDraining, std::memory_order_seq_cst);
+  while (sh.foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  while (round(drain(sh, false) != 0)) {
+  }
+  sh.state.store(kClosed, std::memory_order_seq_cst);
+  for (auto& fn : sh.at_exit) {
+    try {
+      fn();
+    } catch (...) {
+      loop->report_error(std::current_exception());
+    }
+  }
+  sh.at_exit.clear();
+  loop->set_feeder(Loop::Feeder{});
+  if (sh.restore_affinity) pthread_setaffinity_np(pthread_self(), sizeof sh.saved_affinity, &sh.saved_affinity);
+  tls_runtime = nullptr;
+  tls_shard = -1;
+  // After the last round nobody sends here, so nobody reads the pointer to
+  // wake the loop; stop() reads it under the lock.
+  std::lock_guard<std::mutex> lock(mu_);
+  sh.loop.store(nullptr, std::memory_order_release);
+}
+
+void Runtime::run(std::function<void(unsigned)> init) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (ran_ || attached_ != 0) throw std::logic_error("Runtime::run() may be called once, on an unused runtime");
+    ran_ = true;
+  }
+  std::exception_ptr error;
+  // Every shard attaches before any may start shutting down, or an early
+  // stop would settle the queues without the shards that come late.
+  std::mutex gate_mu;
+  std::condition_variable gate_cv;
+  unsigned attached = 0;
+  auto body = [&](unsigned s) {
+    Loop loop;
+    attach(s, loop);
+    {
+      std::unique_lock<std::mutex> lock(gate_mu);
+      ++attached;
+      gate_cv.notify_all();
+      gate_cv.wait(lock, [&] { return attached == count_; });
+    }
+    try {
+      if (init) init(s);
+      if (!stopping()) loop.run();
+    } catch (...) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (!error) error = std::current_exception();
+      }
+      stop();
+    }
+    detach();
+    loop.close();
+  };
+  std::vector<std::thread> threads;
+  threads.reserve(count_ > 0 ? count_ - 1 : 0);
+  try {
+    for (unsigned s = 1; s < count_; ++s) threads.emplace_back(body, s);
+  } catch (...) {
+    // The threads already started wait at the gate for a shard that will
+    // never come; there is no clean way back from here.
+    std::fprintf(stderr, "shardloop: could not start the shard threads\n");
+    std::abort();
+  }
+  body(0);
+  for (auto& t : threads) t.join();
+  if (error) std::rethrow_exception(error);
+}
+
+}  // namespace shardloop

@@ -1,0 +1,45 @@
+"""Real frameworks on shardloop and, as the reference, on asyncio's own loop.
+
+* ``loop_factory`` -- parametrised fixture (ids ``asyncio`` / ``shardloop``);
+  tests drive their framework with ``asyncio.Runner(loop_factory=...)``, the
+  framework's own loop option, or a subprocess.
+* ``pytest_asyncio_loop_factories`` -- pytest-asyncio's hook: every
+  ``@pytest.mark.asyncio`` test here runs once per factory.
+
+If shardloop cannot be imported its parameters are skipped with the import
+error as the reason (tests/python/test_api.py fails in that case).
+"""
+
+import faulthandler
+import sys
+
+import pytest
+
+from _integration_support import FACTORIES, factory_params
+
+HANG_TIMEOUT = 60
+
+
+@pytest.fixture(params=factory_params())
+def loop_name(request):
+    """``asyncio`` or ``shardloop``: the loop the framework must run on."""
+    return request.param
+
+
+@pytest.fixture
+def loop_factory(loop_name):
+    return FACTORIES[loop_name]
+
+
+def pytest_asyncio_loop_factories(config, item):
+    return FACTORIES
+
+
+@pytest.fixture(autouse=True)
+def _hang_guard():
+    """Dump all tracebacks and abort the run if one test hangs."""
+    faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True, file=sys.stderr)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()

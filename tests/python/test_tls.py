@@ -1,0 +1,774 @@
+"""TLS: ssl= on create_connection / create_server / connect_accepted_socket,
+loop.start_tls and StreamWriter.start_tls, the SSL transport's extra info,
+flow control through the SSL layer, and the faults (bad certificate,
+hostname mismatch, handshake timeout, a peer leaving mid-handshake,
+close_notify versus abort) -- on real loopback sockets, against real peers:
+the loop itself, blocking Python ssl sockets in a thread, and
+``openssl s_client``.
+
+Certificates (a CA and a server certificate for localhost/127.0.0.1) are
+made once per session with the ``openssl`` command; the tests skip without
+it.  Each test runs on asyncio's own loop (the reference) and on shardloop;
+where the exact outcome is asyncio's business (error types and messages),
+the shardloop run is compared with a fresh asyncio run (``same_as_asyncio``).
+No test asserts on elapsed time: timeouts only bound waits.
+"""
+
+import asyncio
+import builtins
+import gc
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+
+import pytest
+
+from _support import run
+from test_tcp import close_server, echo_handler, pattern, record_exceptions, same_as_asyncio
+
+HAVE_OPENSSL = shutil.which("openssl") is not None
+requires_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="no openssl command")
+linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
+
+pytestmark = requires_openssl
+
+MIB = 1 << 20
+PEER_TIMEOUT = 10.0  # blocking peers give up after this long, so no thread outlives a test
+
+
+# ---------------------------------------------------------------- certificates
+
+
+class Certs:
+    def __init__(self, directory):
+        self.ca = os.path.join(directory, "ca.pem")
+        self.cert = os.path.join(directory, "server.pem")
+        self.key = os.path.join(directory, "server.key")
+
+    def server_context(self):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+    def client_context(self):
+        return ssl.create_default_context(cafile=self.ca)
+
+
+def _openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.PIPE)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("tls"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with open(os.path.join(d, "ext.cnf"), "w") as f:
+        # Python 3.13's default context checks X.509 strictly: the key usages
+        # and key identifiers below are what it insists on.
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n"
+                "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+             "-subj", "/CN=shardloop test CA", "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    _openssl("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost", cwd=d)
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+             "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    return Certs(d)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def listener():
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(16)
+    return lst
+
+
+def blocking(sock):
+    sock.setblocking(True)
+    sock.settimeout(PEER_TIMEOUT)
+    return sock
+
+
+def recv_exactly(sock, n):
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
+
+
+async def in_thread(fn, *args):
+    """Run a blocking peer in the loop's executor and wait for its result."""
+    loop = asyncio.get_running_loop()
+    return await asyncio.wait_for(loop.run_in_executor(None, fn, *args), PEER_TIMEOUT + 5)
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.transport = None
+        self.data = bytearray()
+        self.events = []
+        self.lost = self.loop.create_future()
+        self.got = None  # (future, size): resolved once `size` bytes are in
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.events.append("made")
+
+    def data_received(self, data):
+        self.data += data
+        if self.got is not None and len(self.data) >= self.got[1] and not self.got[0].done():
+            self.got[0].set_result(None)
+
+    def wait_for_bytes(self, size):
+        self.got = (self.loop.create_future(), size)
+        if len(self.data) >= size:
+            self.got[0].set_result(None)
+        return self.got[0]
+
+    def eof_received(self):
+        self.events.append("eof")
+
+    def pause_writing(self):
+        self.events.append("pause_writing")
+
+    def resume_writing(self):
+        self.events.append("resume_writing")
+
+    def connection_lost(self, exc):
+        self.events.append(("lost", type(exc).__name__ if exc else None))
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class Echo(Recorder):
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(data)
+
+
+class Greeter(Recorder):
+    """Says hello and closes: the peer gets the data, then close_notify."""
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        transport.write(b"hello from the server\n")
+        transport.close()
+
+
+def collecting(factory):
+    """A protocol factory that keeps the protocols it made in ``.made``."""
+    def make():
+        make.made.append(factory())
+        return make.made[-1]
+    make.made = []
+    return make
+
+
+def port_of(server):
+    return server.sockets[0].getsockname()[1]
+
+
+# ============================================================ data through TLS
+
+
+def test_streams_echo_1_mib(loop, certs):
+    payload = pattern(MIB)
+
+    async def main():
+        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            reader, writer = await asyncio.open_connection("localhost", port_of(server),
+                                                           ssl=certs.client_context())
+            echoed = asyncio.ensure_future(reader.readexactly(len(payload)))
+            for i in range(0, len(payload), 100_000):  # uneven chunks, each drained
+                writer.write(payload[i:i + 100_000])
+                await writer.drain()
+            got = await echoed
+            writer.close()
+            await writer.wait_closed()
+            return got
+        finally:
+            await close_server(server)
+
+    assert run(loop, main(), 30) == payload
+
+
+def test_flow_control_through_the_ssl_layer(loop, certs):
+    """A server that does not read makes the client's SSL transport pause
+    the writer; once the server reads, every byte arrives in order and the
+    writer is resumed."""
+    async def main():
+        factory = collecting(Recorder)
+        servers = factory.made
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            tr, client = await loop.create_connection(Recorder, "localhost", port_of(server),
+                                                      ssl=certs.client_context())
+            while not servers or servers[0].transport is None:
+                await asyncio.sleep(0.001)
+            peer = servers[0]
+            peer.transport.pause_reading()
+            assert not peer.transport.is_reading()
+            sent = bytearray()
+            seed = 0
+            while "pause_writing" not in client.events:
+                assert len(sent) < 256 * MIB, "the SSL transport never paused its writer"
+                chunk = pattern(64 * 1024, seed)
+                seed += 1
+                tr.write(chunk)
+                sent += chunk
+                await asyncio.sleep(0)
+            assert tr.get_write_buffer_size() > 0
+            peer.transport.resume_reading()
+            await asyncio.wait_for(peer.wait_for_bytes(len(sent)), 20)
+            while "resume_writing" not in client.events:
+                await asyncio.sleep(0.001)
+            tr.close()
+            await client.lost
+            await peer.lost
+            return bytes(peer.data) == bytes(sent), client.events, peer.events
+        finally:
+            await close_server(server)
+
+    same, client_events, server_events = run(loop, main(), 40)
+    assert same
+    assert client_events == ["made", "pause_writing", "resume_writing", "eof", ("lost", None)]
+    assert server_events == ["made", "eof", ("lost", None)]
+
+
+def test_extra_info_on_both_sides(loop, certs):
+    async def main():
+        ctx_s, ctx_c = certs.server_context(), certs.client_context()
+        factory = collecting(Echo)
+        servers = factory.made
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=ctx_s)
+        try:
+            tr, client = await loop.create_connection(Recorder, "127.0.0.1", port_of(server), ssl=ctx_c)
+            tr.write(b"ping")
+            await client.wait_for_bytes(4)
+            seen = []
+            for t, ctx in ((tr, ctx_c), (servers[0].transport, ctx_s)):
+                sock = t.get_extra_info("socket")
+                seen.append((
+                    isinstance(t.get_extra_info("ssl_object"), ssl.SSLObject),
+                    t.get_extra_info("sslcontext") is ctx,
+                    t.get_extra_info("cipher")[1],
+                    t.get_extra_info("compression"),
+                    t.get_extra_info("peername") == sock.getpeername(),
+                    t.get_extra_info("sockname") == sock.getsockname(),
+                    t.get_extra_info("no such thing", "dflt"),
+                ))
+            peercert = tr.get_extra_info("peercert")
+            assert dict(x[0] for x in peercert["subject"]) == {"commonName": "localhost"}
+            assert servers[0].transport.get_extra_info("peercert") is None  # no client cert asked
+            assert tr.get_extra_info("ssl_object").server_hostname == "127.0.0.1"
+            tr.close()
+            await client.lost
+            return seen
+        finally:
+            await close_server(server)
+
+    seen = run(loop, main())
+    version = seen[0][2]
+    assert version.startswith("TLSv1.")
+    assert seen == [(True, True, version, None, True, True, "dflt")] * 2
+
+
+# ============================================================ real peers
+
+
+def test_client_against_a_blocking_ssl_server(loop, certs):
+    """The client's close() sends close_notify: the blocking server reads a
+    clean b'' (ragged EOFs are errors for it) and its unwrap() completes."""
+    payload = pattern(200_000, 1)
+
+    def server(lst):
+        conn, _ = lst.accept()
+        with certs.server_context().wrap_socket(blocking(conn), server_side=True,
+                                                suppress_ragged_eofs=False) as s:
+            data = recv_exactly(s, len(payload))
+            s.sendall(data[::-1])
+            tail = s.recv(65536)
+            s.unwrap()
+            return data == payload, tail
+
+    async def main():
+        with listener() as lst:
+            peer = asyncio.ensure_future(in_thread(server, lst))
+            tr, proto = await loop.create_connection(Recorder, "localhost", lst.getsockname()[1],
+                                                     ssl=certs.client_context())
+            tr.write(payload)
+            await proto.wait_for_bytes(len(payload))
+            tr.close()
+            assert tr.is_closing()
+            result = await peer
+            await proto.lost
+            return result, bytes(proto.data) == payload[::-1], proto.events
+
+    (same, tail), echoed, events = run(loop, main(), 20)
+    assert same and echoed and tail == b""
+    assert events == ["made", "eof", ("lost", None)]
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_close_sends_close_notify_and_abort_does_not(loop, certs, how):
+    def server(lst):
+        conn, _ = lst.accept()
+        with certs.server_context().wrap_socket(blocking(conn), server_side=True,
+                                                suppress_ragged_eofs=False) as s:
+            s.sendall(b"ready")
+            try:
+                return s.recv(100)
+            except (ssl.SSLEOFError, ConnectionResetError) as exc:
+                return type(exc).__name__
+
+    async def main():
+        with listener() as lst:
+            peer = asyncio.ensure_future(in_thread(server, lst))
+            tr, proto = await loop.create_connection(Recorder, "localhost", lst.getsockname()[1],
+                                                     ssl=certs.client_context())
+            await proto.wait_for_bytes(5)
+            getattr(tr, how)()
+            seen = await peer
+            await proto.lost
+            return seen
+
+    seen = run(loop, main())
+    if how == "close":
+        assert seen == b""
+    else:
+        assert seen in ("SSLEOFError", "ConnectionResetError")
+
+
+def test_server_against_a_blocking_ssl_client(loop, certs):
+    """The client's unwrap() sends close_notify and waits for the server's:
+    the server's stream sees EOF, closes, and answers with close_notify."""
+    payload = pattern(300_000, 2)
+
+    def client(port):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=PEER_TIMEOUT)
+        with certs.client_context().wrap_socket(raw, server_hostname="localhost") as s:
+            s.sendall(payload)
+            data = recv_exactly(s, len(payload))
+            plain = s.unwrap()  # the same socket object, plaintext again
+            return data == payload, plain.recv(10)
+
+    async def main():
+        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            return await in_thread(client, port_of(server))
+        finally:
+            await close_server(server)
+
+    assert run(loop, main(), 20) == (True, b"")
+
+
+def test_openssl_s_client_against_the_server(loop, certs):
+    async def main():
+        server = await loop.create_server(Greeter, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            cmd = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port_of(server),
+                   "-servername", "localhost", "-verify_hostname", "localhost",
+                   "-CAfile", certs.ca, "-verify_return_error", "-ign_eof"]
+            return await in_thread(lambda: subprocess.run(
+                cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=PEER_TIMEOUT))
+        finally:
+            await close_server(server)
+
+    done = run(loop, main(), 20)
+    out = done.stdout.decode(errors="replace")
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert "hello from the server" in out
+    assert "Verify return code: 0 (ok)" in out
+
+
+def test_connect_accepted_socket_with_ssl(loop, certs):
+    async def main():
+        with listener() as lst:
+            lst.setblocking(False)
+            accepted = asyncio.ensure_future(loop.sock_accept(lst))
+            connecting = asyncio.ensure_future(loop.create_connection(
+                Recorder, "localhost", lst.getsockname()[1], ssl=certs.client_context()))
+            conn, _ = await accepted
+            str_, sproto = await loop.connect_accepted_socket(Echo, conn, ssl=certs.server_context(),
+                                                              ssl_handshake_timeout=5.0)
+            tr, proto = await connecting
+            tr.write(b"over an accepted socket")
+            await proto.wait_for_bytes(23)
+            tr.close()
+            await sproto.lost
+            return bytes(proto.data), sproto.events, isinstance(str_.get_extra_info("ssl_object"),
+                                                                ssl.SSLObject)
+
+    assert run(loop, main()) == (b"over an accepted socket", ["made", "eof", ("lost", None)], True)
+
+
+# ============================================================ start_tls
+
+
+def test_streams_starttls_both_sides(loop, certs):
+    """A plaintext STARTTLS exchange, then both ends upgrade with
+    StreamWriter.start_tls (server side and client side of loop.start_tls)."""
+    async def handler(reader, writer):
+        try:
+            assert await reader.readline() == b"STARTTLS\r\n"
+            writer.write(b"GO\r\n")
+            await writer.drain()
+            await writer.start_tls(certs.server_context())
+            line = await reader.readline()
+            writer.write(line.upper() + (b"TLS\r\n" if writer.get_extra_info("ssl_object") else b"PLAIN\r\n"))
+            await writer.drain()
+        finally:
+            writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(server))
+            writer.write(b"STARTTLS\r\n")
+            assert await reader.readline() == b"GO\r\n"
+            assert writer.get_extra_info("ssl_object") is None
+            await writer.start_tls(certs.client_context(), server_hostname="localhost")
+            writer.write(b"secret\r\n")
+            lines = [await reader.readline(), await reader.readline(), await reader.read()]
+            version = writer.get_extra_info("ssl_object").version()
+            writer.close()
+            await writer.wait_closed()
+            return lines, version
+        finally:
+            await close_server(server)
+
+    lines, version = run(loop, main())
+    assert lines == [b"SECRET\r\n", b"TLS\r\n", b""]
+    assert version.startswith("TLSv1.")
+
+
+def test_start_tls_against_a_blocking_peer(loop, certs):
+    """loop.start_tls on a plain transport, the peer a blocking socket that
+    wraps itself after the plaintext part; bytes the peer sent before the
+    upgrade stay with the old protocol."""
+    def server(lst):
+        conn, _ = lst.accept()
+        conn = blocking(conn)
+        conn.sendall(b"plain part")
+        assert recv_exactly(conn, 7) == b"UPGRADE"  # the ClientHello follows at once
+        with certs.server_context().wrap_socket(conn, server_side=True) as s:
+            s.sendall(b"tls part")
+            return s.recv(100)
+
+    async def main():
+        with listener() as lst:
+            peer = asyncio.ensure_future(in_thread(server, lst))
+            tr, plain = await loop.create_connection(Recorder, "127.0.0.1", lst.getsockname()[1])
+            await plain.wait_for_bytes(10)
+            tr.write(b"UPGRADE")
+            secure = Recorder()
+            tls = await loop.start_tls(tr, secure, certs.client_context(), server_hostname="localhost")
+            assert tls is not tr and tr.get_protocol() is not plain
+            await secure.wait_for_bytes(8)
+            tls.write(b"thanks")
+            got = await peer
+            tls.close()
+            await secure.lost
+            return bytes(plain.data), bytes(secure.data), got, plain.events, secure.events
+
+    # start_tls does not call the new protocol's connection_made(), as in asyncio.
+    assert run(loop, main()) == (b"plain part", b"tls part", b"thanks", ["made"],
+                                 ["eof", ("lost", None)])
+
+
+def test_start_tls_type_errors(loop, certs):
+    async def scenario(lp):
+        out = []
+        with listener() as lst:
+            tr, _ = await lp.create_connection(Recorder, *lst.getsockname())
+            try:
+                for args in ((tr, Recorder(), None), (tr, Recorder(), "ctx"),
+                             (asyncio.Transport(), Recorder(), certs.client_context())):
+                    try:
+                        await lp.start_tls(*args)
+                    except TypeError as exc:
+                        out.append(str(exc).split("<")[0])
+                    assert not tr.is_closing()
+            finally:
+                tr.close()
+        return out
+
+    assert same_as_asyncio(loop, scenario) == [
+        "sslcontext is expected to be an instance of ssl.SSLContext, got None",
+        "sslcontext is expected to be an instance of ssl.SSLContext, got 'ctx'",
+        "transport ",
+    ]
+
+
+# ============================================================ faults
+
+
+def _verify_failure(exc):
+    return type(exc).__name__, exc.verify_code, exc.verify_message
+
+
+@pytest.mark.parametrize("case", ["unknown_ca", "ssl_true_default_context", "hostname_mismatch"])
+def test_certificate_verification_failures(loop, certs, case):
+    async def scenario(lp):
+        contexts = record_exceptions(lp)
+        factory = collecting(Recorder)
+        servers = factory.made
+        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        kwargs = {
+            "unknown_ca": dict(ssl=ssl.create_default_context()),
+            "ssl_true_default_context": dict(ssl=True),
+            "hostname_mismatch": dict(ssl=certs.client_context(), server_hostname="wrong.example"),
+        }[case]
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError) as info:
+                await lp.create_connection(Recorder, "127.0.0.1", port_of(server), **kwargs)
+            while len(servers) < 1:
+                await asyncio.sleep(0.001)
+            # The server's handshake fails too; the app protocol never hears of it.
+            for _ in range(50):
+                await asyncio.sleep(0.001)
+            return _verify_failure(info.value), servers[0].events, contexts
+        finally:
+            await close_server(server)
+
+    failure, server_events, contexts = same_as_asyncio(loop, scenario)
+    assert failure[0] == "SSLCertVerificationError"
+    assert server_events == []
+    assert contexts == []
+    if case == "hostname_mismatch":
+        assert "Hostname mismatch" in failure[2]
+
+
+def test_failed_server_handshake_is_reported_in_debug_mode(loop, certs):
+    async def scenario(lp):
+        lp.set_debug(True)
+        contexts = record_exceptions(lp)
+        server = await lp.create_server(Recorder, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await lp.create_connection(Recorder, "127.0.0.1", port_of(server),
+                                           ssl=ssl.create_default_context())
+            while not contexts:
+                await asyncio.sleep(0.001)
+            ctx = contexts[0]
+            return (ctx["message"], type(ctx["exception"]).__name__,
+                    isinstance(ctx["protocol"], Recorder), sorted(ctx))
+        finally:
+            await close_server(server)
+
+    message, exc_type, protocol_given, keys = same_as_asyncio(loop, scenario)
+    assert message == "Error on transport creation for incoming connection"
+    assert issubclass(getattr(builtins, exc_type, ssl.SSLError), OSError)
+    assert protocol_given and keys == ["exception", "message", "protocol", "transport"]
+
+
+def test_client_handshake_timeout(loop, certs):
+    """The peer accepts and never speaks."""
+    async def scenario(lp):
+        with listener() as lst:
+            try:
+                await lp.create_connection(Recorder, "localhost", lst.getsockname()[1],
+                                           ssl=certs.client_context(), ssl_handshake_timeout=0.2)
+            except Exception as exc:
+                return type(exc).__name__, str(exc)
+
+    assert same_as_asyncio(loop, scenario) == (
+        "ConnectionAbortedError",
+        "SSL handshake is taking longer than 0.2 seconds: aborting the connection")
+
+
+def test_server_handshake_timeout(loop, certs):
+    """A client connects and never speaks: the server drops it and the
+    protocol never sees a connection."""
+    async def scenario(lp):
+        factory = collecting(Recorder)
+        protos = factory.made
+        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context(),
+                                        ssl_handshake_timeout=0.2)
+        try:
+            with socket.create_connection(("127.0.0.1", port_of(server))) as raw:
+                raw.setblocking(False)
+                try:
+                    got = await asyncio.wait_for(lp.sock_recv(raw, 100), 5)
+                except ConnectionResetError:
+                    got = "reset"
+            return got, [p.events for p in protos]
+        finally:
+            await close_server(server)
+
+    assert same_as_asyncio(loop, scenario) == (b"", [[]])
+
+
+def test_shutdown_timeout(loop, certs):
+    """The peer never answers close_notify: the connection is dropped after
+    ssl_shutdown_timeout and the protocol hears why."""
+    def server(lst, done):
+        conn, _ = lst.accept()
+        with certs.server_context().wrap_socket(blocking(conn), server_side=True) as s:
+            s.sendall(b"hi")
+            done.wait(PEER_TIMEOUT)  # reads nothing, so never answers
+
+    async def scenario(lp):
+        done = threading.Event()
+        with listener() as lst:
+            peer = asyncio.ensure_future(in_thread(server, lst, done))
+            try:
+                tr, proto = await lp.create_connection(Recorder, "localhost", lst.getsockname()[1],
+                                                       ssl=certs.client_context(), ssl_shutdown_timeout=0.2)
+                await proto.wait_for_bytes(2)
+                tr.close()
+                exc = await proto.lost
+            finally:
+                done.set()
+            await peer
+            return type(exc).__name__, str(exc), proto.events[-1]
+
+    assert same_as_asyncio(loop, scenario) == ("TimeoutError", "SSL shutdown timed out",
+                                               ("lost", "TimeoutError"))
+
+
+def test_peer_leaving_mid_handshake_client_side(loop, certs):
+    def server(lst):
+        conn, _ = lst.accept()
+        with blocking(conn):
+            return len(conn.recv(5))  # the ClientHello record header, then go away
+
+    async def scenario(lp):
+        with listener() as lst:
+            peer = asyncio.ensure_future(in_thread(server, lst))
+            try:
+                await lp.create_connection(Recorder, "localhost", lst.getsockname()[1],
+                                           ssl=certs.client_context())
+            except Exception as exc:
+                return type(exc).__name__, await peer
+
+    assert same_as_asyncio(loop, scenario) == ("ConnectionResetError", 5)
+
+
+def test_peer_leaving_mid_handshake_server_side(loop, certs):
+    async def scenario(lp):
+        contexts = record_exceptions(lp)
+        factory = collecting(Recorder)
+        protos = factory.made
+        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            with socket.create_connection(("127.0.0.1", port_of(server))) as raw:
+                raw.sendall(b"\x16\x03\x01")  # the start of a handshake record
+            while not protos:
+                await asyncio.sleep(0.001)
+            # A second client is served normally afterwards.
+            tr, proto = await lp.create_connection(Recorder, "localhost", port_of(server),
+                                                   ssl=certs.client_context())
+            tr.close()
+            await proto.lost
+            while len(protos) < 2 or not protos[1].lost.done():
+                await asyncio.sleep(0.001)
+            return [p.events for p in protos], contexts
+        finally:
+            await close_server(server)
+
+    assert same_as_asyncio(loop, scenario) == ([[], ["made", "eof", ("lost", None)]], [])
+
+
+def test_ssl_argument_errors(loop, certs):
+    async def scenario(lp):
+        out = []
+        lst = listener()
+        conn = socket.create_connection(lst.getsockname())
+        wrapped = certs.client_context().wrap_socket(socket.socket(), server_hostname="localhost",
+                                                     do_handshake_on_connect=False)
+        try:
+            host, port = lst.getsockname()
+            calls = [
+                lambda: lp.create_connection(Recorder, sock=conn, ssl=certs.client_context()),
+                lambda: lp.create_connection(Recorder, port=port, ssl=True),
+                lambda: lp.create_connection(Recorder, sock=conn, ssl=certs.client_context(),
+                                             server_hostname="localhost", ssl_handshake_timeout=0),
+                lambda: lp.create_connection(Recorder, sock=conn, ssl=certs.client_context(),
+                                             server_hostname="localhost", ssl_shutdown_timeout=-1),
+                lambda: lp.create_connection(Recorder, sock=wrapped, ssl=certs.client_context(),
+                                             server_hostname="localhost"),
+                lambda: lp.connect_accepted_socket(Recorder, conn, ssl=True),
+                lambda: lp.connect_accepted_socket(Recorder, conn, ssl_shutdown_timeout=1),
+                lambda: lp.connect_accepted_socket(Recorder, wrapped, ssl=certs.server_context()),
+                lambda: lp.create_server(Recorder, host, 0, ssl=False),
+                lambda: lp.create_server(Recorder, host, 0, ssl_shutdown_timeout=1.0),
+            ]
+            for call in calls:
+                try:
+                    await call()
+                except (ValueError, TypeError) as exc:
+                    out.append((type(exc).__name__, str(exc)))
+                else:  # pragma: no cover
+                    out.append("no error")
+        finally:
+            wrapped.close()
+            conn.close()
+            lst.close()
+        return out
+
+    results = same_as_asyncio(loop, scenario)
+    assert results[:6] == [
+        ("ValueError", "You must set server_hostname when using ssl without a host"),
+        ("ValueError", "You must set server_hostname when using ssl without a host"),
+        ("ValueError", "ssl_handshake_timeout should be a positive number, got 0"),
+        ("ValueError", "ssl_shutdown_timeout should be a positive number, got -1"),
+        ("TypeError", "Socket cannot be of type SSLSocket"),
+        ("ValueError", "Server side SSL needs a valid SSLContext"),
+    ]
+
+
+# ============================================================ resources
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+@linux_only
+def test_sequential_connections_do_not_leak_fds(loop, certs):
+    async def one(port, ctx):
+        tr, proto = await loop.create_connection(Recorder, "localhost", port, ssl=ctx)
+        tr.write(b"x" * 100)
+        await proto.wait_for_bytes(100)
+        tr.close()
+        await proto.lost
+
+    async def main():
+        factory = collecting(Echo)
+        served = factory.made
+        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        ctx = certs.client_context()
+        try:
+            for _ in range(5):  # warm-up: executor threads, caches
+                await one(port_of(server), ctx)
+            while not all(p.lost.done() for p in served):
+                await asyncio.sleep(0.001)
+            served.clear()
+            gc.collect()
+            before = _open_fds()
+            for _ in range(200):
+                await one(port_of(server), ctx)
+            while not all(p.lost.done() for p in served):
+                await asyncio.sleep(0.001)
+            gc.collect()
+            return before, _open_fds(), len(served)
+        finally:
+            await close_server(server)
+
+    before, after, count = run(loop, main(), 60)
+    assert count == 200
+    assert after == before
