@@ -7,7 +7,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 VPY := $(VENV)/bin/python
-APT_PACKAGES := g++ pkg-config libuv1-dev libconcurrentqueue-dev libgtest-dev liburing-dev valgrind wrk
+APT_PACKAGES := g++ pkg-config libuv1-dev libconcurrentqueue-dev libgtest-dev liburing-dev libssl-dev valgrind wrk
 JOBS ?= $(shell nproc)
 CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -c 'import pybind11; print(pybind11.get_cmake_dir())')
 # libstdc++ is preloaded too: ASan's __cxa_throw interceptor needs it loaded

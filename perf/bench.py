@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """shardloop vs uvloop vs asyncio, every benchmark in one run: micro-
-benchmarks, instructions per op (callgrind), echo servers under a C++ load
-generator, HTTP servers under wrk. Writes Markdown tables, PNG plots and the
-raw JSON (perf/results/ by default); progress goes to stderr.
+benchmarks, instructions per op (callgrind), echo servers (plain and TLS)
+under a C++ load generator, HTTP servers under wrk. Writes Markdown tables,
+PNG plots and the raw JSON (perf/results/ by default); progress goes to
+stderr.
 
     python perf/bench.py                     # full run into perf/results/ (~7 min)
     python perf/bench.py --quick --json x.json   # smoke test: seconds per part
@@ -29,6 +30,7 @@ import http_bench  # noqa: E402
 import instructions  # noqa: E402
 import micro  # noqa: E402
 import report  # noqa: E402
+import tls_bench  # noqa: E402
 
 RESULTS_DIR = os.path.join(HERE, "results")
 SCHEMA = 1
@@ -38,12 +40,12 @@ PARTS = {
     "micro": micro,
     "instructions": instructions,
     "echo": echo_bench,
+    "tls": tls_bench,
     "http": http_bench,
 }
 # Parts that need shardloop features still to come; each turns into a real
 # part when its issue lands.
 PENDING = {
-    "tls": "TLS echo: shardloop has no TLS yet (issue #5)",
     "shards": "sharded runs (1..N shards, cross-shard messages/s, wake-up latency, scaling plot): "
               "no thread-per-core runtime yet (issue #6)",
     "native": "native C++ echo/HTTP servers vs Node.js, Go and a plain C epoll server: "

@@ -31,31 +31,33 @@ QUICK_SIZES = ("1KiB",)  # --quick checks the harness; one size does that
 MISSING = "networking not implemented yet (issue #4)"
 
 
-def build_loadgen():
+def build_loadgen(defines=(), libs=()):
     """Path of the load generator, compiled on first use; the binary's name
     carries a hash of source and flags, so an edit rebuilds it and an
-    unchanged tree reuses it."""
+    unchanged tree reuses it. `defines`/`libs` select optional parts (TLS:
+    tls_bench.py)."""
     cxx = os.environ.get("CXX", "g++")
     if not shutil.which(cxx):
         raise RuntimeError(f"no C++ compiler ({cxx}) to build the load generator")
+    flags = [*CXXFLAGS, *defines]
     with open(LOADGEN_SRC, "rb") as f:
-        digest = hashlib.sha256(f.read() + " ".join([cxx] + CXXFLAGS).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(f.read() + " ".join([cxx, *flags, *libs]).encode()).hexdigest()[:12]
     exe = os.path.join(LOADGEN_DIR, f"loadgen-{digest}")
     if not os.path.exists(exe):
         os.makedirs(LOADGEN_DIR, exist_ok=True)
         tmp = f"{exe}.{os.getpid()}.tmp"
-        res = subprocess.run([cxx, *CXXFLAGS, "-o", tmp, LOADGEN_SRC], capture_output=True, text=True)
+        res = subprocess.run([cxx, *flags, "-o", tmp, LOADGEN_SRC, *libs], capture_output=True, text=True)
         if res.returncode != 0:
             raise RuntimeError(f"building the load generator failed:\n{res.stderr[-2000:]}")
         os.replace(tmp, exe)  # atomic: a concurrent run never sees half a binary
     return exe
 
 
-def run_loadgen(exe, server, port, size, cfg, load_cpus):
+def run_loadgen(exe, server, port, size, cfg, load_cpus, extra_args=()):
     """One closed-loop run against a ready server; returns the load
     generator's JSON plus the server's CPU time over the measured interval."""
     cmd = [exe, "--port", str(port), "--connections", str(cfg.connections), "--size", str(size),
-           "--duration", str(cfg.duration), "--warmup", str(cfg.warmup)]
+           "--duration", str(cfg.duration), "--warmup", str(cfg.warmup), *extra_args]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     serverproc.pin(proc.pid, load_cpus)
     # The load generator ends its own interval; this only catches a hang.

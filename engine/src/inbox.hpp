@@ -11,6 +11,7 @@ namespace shardloop {
 class Inbox {
  public:
   void push(const Work& work) { queue_.enqueue(work); }
+  bool maybe_nonempty() const { return queue_.size_approx() != 0; }
 
   template <typename Sink>
   void drain(Sink&& sink) {

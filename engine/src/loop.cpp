@@ -138,7 +138,10 @@ bool Loop::call_soon_threadsafe(Work work) {
   }
   inbox_->push(work);
   inbox_pending_.store(true, std::memory_order_release);
-  uv_async_send(&async_);
+  // Pairs with the fence in on_prepare: either the loop sees this work
+  // before it sleeps, or this thread sees it asleep and wakes it.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
   inbox_writers_.fetch_sub(1, std::memory_order_release);
   return true;
 }
@@ -197,6 +200,7 @@ void Loop::run_once() {
   if (block_) arm_deadline(block_);
   if (block_ || must_poll()) {
     uv_run(&uv_, block_ ? UV_RUN_ONCE : UV_RUN_NOWAIT);
+    sleeping_.store(false, std::memory_order_relaxed);
     last_poll_ = monotonic_now();
   }
   block_ = false;
@@ -282,6 +286,15 @@ void Loop::on_prepare(uv_prepare_t* handle) {
   if (self->block_ && self->feeder_.sleep && self->feeder_.sleep(self->feeder_.ctx)) {
     self->block_ = false;
     uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+  }
+  if (self->block_) {
+    self->sleeping_.store(true, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (self->inbox_->maybe_nonempty()) {
+      self->sleeping_.store(false, std::memory_order_relaxed);
+      self->block_ = false;
+      uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+    }
   }
   if (self->block_ && !self->waiting_) {
     self->waiting_ = true;

@@ -41,6 +41,13 @@ def _check_socket(sock: Any) -> None:
         raise ValueError("the socket must be non-blocking")
 
 
+def _call_method(sock: socket.socket, method: Any, *args: Any) -> Any:
+    """sock.<method>(*args) by name, or method(sock, *args)."""
+    if method.__class__ is str:
+        return getattr(sock, method)(*args)
+    return method(sock, *args)
+
+
 def _accept_nonblocking(sock: socket.socket) -> tuple:
     conn, address = sock.accept()
     conn.setblocking(False)
@@ -154,13 +161,15 @@ class FdIOMixin:
 
     # -- sock_*: try at once; if the kernel says "later", wait for readiness.
 
-    async def _sock_io(self, sock: socket.socket, readable: bool, op: Callable[..., Any], *args: Any) -> Any:
+    async def _sock_io(self, sock: socket.socket, readable: bool, method: Any, *args: Any) -> Any:
         _check_socket(sock)
         try:
-            return op(*args)
+            return _call_method(sock, method, *args)
         except (BlockingIOError, InterruptedError):
             pass
-        return await self._retry_when_ready(sock.fileno(), readable, op, args)
+        # Looked up again on each retry, as asyncio does: the socket's
+        # method may be replaced while the call waits.
+        return await self._retry_when_ready(sock.fileno(), readable, _call_method, (sock, method) + args)
 
     async def _retry_when_ready(self, fd: int, readable: bool, op: Callable[..., Any], args: tuple) -> Any:
         self._ensure_fd_no_transport(fd, fd)
@@ -195,22 +204,22 @@ class FdIOMixin:
             (self._remove_reader if readable else self._remove_writer)(fd)
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        return await self._sock_io(sock, True, sock.recv, n)
+        return await self._sock_io(sock, True, "recv", n)
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        return await self._sock_io(sock, True, sock.recv_into, buf)
+        return await self._sock_io(sock, True, "recv_into", buf)
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple:
-        return await self._sock_io(sock, True, sock.recvfrom, bufsize)
+        return await self._sock_io(sock, True, "recvfrom", bufsize)
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple:
-        return await self._sock_io(sock, True, sock.recvfrom_into, buf, nbytes)
+        return await self._sock_io(sock, True, "recvfrom_into", buf, nbytes)
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
-        return await self._sock_io(sock, False, sock.sendto, data, address)
+        return await self._sock_io(sock, False, "sendto", data, address)
 
     async def sock_accept(self, sock: socket.socket) -> tuple:
-        return await self._sock_io(sock, True, _accept_nonblocking, sock)
+        return await self._sock_io(sock, True, _accept_nonblocking)
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         _check_socket(sock)

@@ -210,6 +210,8 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
         return not self._paused and not self._closing
 
     def _state(self) -> str:
+        if self._loop.is_closed():
+            return "open"  # asyncio's wording once its selector is gone
         return "polling" if self._stream is not None and self.is_reading() else "idle"
 
     def close(self) -> None:

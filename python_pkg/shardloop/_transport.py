@@ -108,9 +108,15 @@ class TcpTransport(asyncio.Transport):
         if server is not None:
             _server_attach(server, self)
         loop.call_soon(self._protocol.connection_made, self)
-        loop.call_soon(self._start_reading)
-        if waiter is not None:
+        if waiter is None:
+            loop.call_soon(self._start_reading)
+        else:
+            # libuv runs read callbacks in its poll phase, ahead of the ready
+            # queue: reading starts one iteration after the waiter's task has
+            # resumed, so create_connection()'s caller has its transport
+            # before the first data_received, as with asyncio.
             loop.call_soon(_set_result_unless_cancelled, waiter, None)
+            loop.call_soon(loop.call_soon, self._start_reading)
 
     def __repr__(self) -> str:
         state = "closed" if self._sock is None else ("closing" if self._closing else "open")

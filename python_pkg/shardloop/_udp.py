@@ -89,7 +89,8 @@ class DatagramMixin:
                                        family: int = 0, proto: int = 0, flags: int = 0,
                                        reuse_port: Any = None, allow_broadcast: Any = None,
                                        sock: socket.socket | None = None) -> tuple:
-        if sock is not None:
+        given = sock is not None
+        if given:
             _check_datagram_socket(sock)
             options = dict(local_addr=local_addr, remote_addr=remote_addr, family=family,
                            proto=proto, flags=flags, reuse_port=reuse_port,
@@ -107,7 +108,8 @@ class DatagramMixin:
         try:
             protocol = protocol_factory()
         except BaseException:
-            sock.close()
+            if not given:  # a socket passed in stays the caller's, as with asyncio
+                sock.close()
             raise
         waiter = self.create_future()
         transport = self._make_datagram_transport(sock, protocol, r_addr, waiter)

@@ -165,6 +165,9 @@ class Loop {
   // Set by writers after a push: lets the loop thread pull inbox work ahead
   // of its own call_soon, so work another thread queued first runs first.
   std::atomic<bool> inbox_pending_{false};
+  // Up while the loop may block in the kernel: only then does a cross-thread
+  // push pay for a uv_async_send (a write syscall and a wake-up).
+  std::atomic<bool> sleeping_{false};
 
   OwnedHandle* owned_ = nullptr;  // intrusive list of open engine handles
   Hooks hooks_{};
