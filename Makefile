@@ -100,6 +100,28 @@ test-versions:
 	  $(MAKE) --no-print-directory test-python PYTHON=$$p VENV=.venv-$$v || exit 1; \
 	done
 
+# pytest (tests/python + tests/integration) on free-threaded CPython 3.13t,
+# GIL off. The interpreter is built once into FT_PREFIX by the shared script
+# (~3 min on an idle 2-core machine, 12 under load); .venv-3.13t gets the
+# pyproject requirements except those with no free-threaded wheels. Run by
+# hand, not part of `make test`: about 5 min from a warm venv.
+FT_PREFIX ?= /opt/py313t
+FT_VENV := .venv-3.13t
+FT_PY := $(FT_VENV)/bin/python
+FT_NO_WHEELS := uvloop httptools
+.PHONY: test-ft
+$(FT_VENV)/.deps-stamp: pyproject.toml
+	test -x $(FT_PY) || { ../shared/tools/build-free-threaded-python.sh $(FT_PREFIX) && $(FT_PREFIX)/bin/python3.13t -m venv $(FT_VENV); }
+	$(FT_PY) -m pip install -q --upgrade pip
+	$(FT_PY) -m pip install -q --only-binary=:all: $$($(FT_PY) -c 'import re, sys, tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	  print(" ".join(r for r in d["build-system"]["requires"] + d["project"]["optional-dependencies"]["test"] \
+	                 if re.match(r"[\w.-]+", r).group() not in sys.argv[1:]))' $(FT_NO_WHEELS))
+	touch $@
+
+test-ft: $(FT_VENV)/.deps-stamp
+	$(FT_PY) -m pip install -q --no-build-isolation --force-reinstall --no-deps -C build-dir=build-ft/wheel .
+	cd tests && ../$(FT_PY) -m pytest -q -p no:cacheprovider ../tests/python ../tests/integration
+
 bench: install
 	$(VPY) perf/bench.py
 

@@ -4,6 +4,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+// Critical sections exist from 3.13 on; on a GIL build they are plain
+// braces, so code written with them compiles the same on 3.11 and 3.12.
+#ifndef Py_BEGIN_CRITICAL_SECTION
+#define Py_BEGIN_CRITICAL_SECTION(op) {
+#define Py_END_CRITICAL_SECTION() }
+#endif
+
 namespace shardloop::py {
 
 // The exception currently raised, as one object (normalized), or nullptr.

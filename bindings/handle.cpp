@@ -55,12 +55,39 @@ void handle_clear_call(HandleObject* self) {
   Py_CLEAR(self->args);
 }
 
+// cancel() may come from another thread (call_soon_threadsafe's handle).
+// Without a GIL the callback and its arguments are swapped out and read
+// under the handle's critical section, so neither side frees what the
+// other is about to use; on GIL builds the section is plain braces.
+void handle_drop_call(HandleObject* self) {
+  PyObject *callback, *args;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  callback = self->callback;
+  args = self->args;
+  self->callback = self->args = nullptr;
+  Py_END_CRITICAL_SECTION();
+  Py_XDECREF(callback);
+  Py_XDECREF(args);
+}
+
+// New references to what to call, or false once cancelled.
+bool handle_take_call(HandleObject* self, PyObject** callback, PyObject** args) {
+  bool live;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  live = !self->cancelled && self->callback != nullptr;
+  if (live) {
+    *callback = Py_NewRef(self->callback);
+    *args = Py_XNewRef(self->args);
+  }
+  Py_END_CRITICAL_SECTION();
+  return live;
+}
+
 void handle_execute(HandleObject* self) {
-  if (self->cancelled || self->callback == nullptr) return;
   LoopObject* loop = self->loop;
   // cancel() from inside the callback clears these; the call keeps its own.
-  PyObject* callback = Py_NewRef(self->callback);
-  PyObject* args = Py_XNewRef(self->args);
+  PyObject *callback, *args;
+  if (!handle_take_call(self, &callback, &args)) return;
   PyObject* const* argv = args ? &PyTuple_GET_ITEM(args, 0) : nullptr;
   Py_ssize_t nargs = args ? PyTuple_GET_SIZE(args) : 0;
   const double start = loop->debug ? monotonic_now() : 0.0;
@@ -82,7 +109,8 @@ void handle_execute(HandleObject* self) {
   } else {
     loop_report_callback_error(loop, self);
   }
-  if (loop->debug) {
+  // start == 0: debug mode was switched on by this very callback.
+  if (loop->debug && start != 0.0) {
     double elapsed = monotonic_now() - start;
     if (elapsed >= loop->slow_callback_duration) loop_log_slow_callback(loop, self, elapsed);
   }
@@ -135,22 +163,47 @@ PyObject* handle_repr(HandleObject* self) {
   return PyObject_CallMethod(reinterpret_cast<PyObject*>(self->loop), "_handle_repr", "O", self);
 }
 
+// Takes a cancelled timer off the heap and drops the heap's reference.
+// Free-threaded: while the loop runs on another thread the heap is that
+// thread's alone, so the timer stays there and is skipped when due.
+void unschedule(TimerHandleObject* timer) {
+  LoopObject* loop = timer->base.loop;
+  bool removed = false;
+#ifdef Py_GIL_DISABLED
+  if (!loop_owns_queues(loop)) {
+    Py_BEGIN_CRITICAL_SECTION(loop);
+    if (loop->running_thread == 0 && timer->node.scheduled()) {
+      loop->engine->cancel(&timer->node);
+      removed = true;
+    }
+    Py_END_CRITICAL_SECTION();
+    if (removed) Py_DECREF(timer);
+    return;
+  }
+#endif
+  if (timer->node.scheduled()) {
+    loop->engine->cancel(&timer->node);
+    removed = true;
+  }
+  if (removed) Py_DECREF(timer);  // the caller still holds one
+}
+
 PyObject* handle_cancel(HandleObject* self, PyObject*) {
-  if (self->cancelled) Py_RETURN_NONE;
+  bool was_cancelled;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  was_cancelled = self->cancelled;
   self->cancelled = true;
+  Py_END_CRITICAL_SECTION();
+  if (was_cancelled) Py_RETURN_NONE;
   if (self->loop->debug && self->repr == nullptr) {
     // Keep what it was for the repr: the callback is about to be dropped.
     self->repr = handle_repr(self);
     if (self->repr == nullptr) return nullptr;
   }
   if (Py_IS_TYPE(self, TimerHandleType) || PyObject_TypeCheck(self, TimerHandleType)) {
-    auto* timer = reinterpret_cast<TimerHandleObject*>(self);
-    if (timer->node.scheduled()) {
-      self->loop->engine->cancel(&timer->node);
-      Py_DECREF(self);  // the timer heap's reference; the caller still holds one
-    }
+    unschedule(reinterpret_cast<TimerHandleObject*>(self));
   }
-  handle_clear_call(self);
+  handle_drop_call(self);
   Py_RETURN_NONE;
 }
 
@@ -170,13 +223,23 @@ PyObject* handle_run(HandleObject* self, PyObject*) {
 }
 
 PyObject* get_args(HandleObject* self, void*) {
-  if (self->args) return Py_NewRef(self->args);
-  if (self->callback == nullptr) Py_RETURN_NONE;
+  PyObject* args;
+  bool called;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  args = Py_XNewRef(self->args);
+  called = self->callback != nullptr;
+  Py_END_CRITICAL_SECTION();
+  if (args) return args;
+  if (!called) Py_RETURN_NONE;
   return PyTuple_New(0);
 }
 
 PyObject* get_callback(HandleObject* self, void*) {
-  return Py_NewRef(self->callback ? self->callback : Py_None);
+  PyObject* callback;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  callback = Py_NewRef(self->callback ? self->callback : Py_None);
+  Py_END_CRITICAL_SECTION();
+  return callback;
 }
 
 PyObject* get_source_traceback(HandleObject* self, void*) {

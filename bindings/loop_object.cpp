@@ -4,6 +4,7 @@
 
 #include <exception>
 #include <new>
+#include <stdexcept>
 
 #include "fd_watch.hpp"
 #include "handle.hpp"
@@ -18,6 +19,15 @@ namespace {
 // asyncio's Future and Task classes, handed over by the Python package.
 PyObject* future_type = nullptr;
 PyObject* task_type = nullptr;
+
+// Keyword names for calling them, built at import rather than in local
+// statics: on a free-threaded build a thread waiting on a C++ static guard
+// stays attached and would stall a stop-the-world collection started while
+// the guard's owner builds the tuple.
+PyObject* kw_loop = nullptr;
+PyObject* kw_loop_name = nullptr;
+PyObject* kw_loop_context = nullptr;
+PyObject* kw_all = nullptr;
 
 // --- engine hooks: the GIL is released only while the loop waits ---------
 
@@ -100,6 +110,69 @@ bool parse_call(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames, Py_s
   return true;
 }
 
+// Outcomes of queueing work: done, the loop is closed, out of memory, or
+// (free-threaded builds) the loop runs on another thread.
+enum class Queued { ok, closed, no_memory, elsewhere };
+
+template <typename F>
+Queued guarded(F&& f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    return Queued::no_memory;
+  } catch (const std::logic_error&) {
+    return Queued::closed;  // closed by another thread since check_open()
+  }
+}
+
+#ifdef Py_GIL_DISABLED
+// Without a GIL nothing stops another thread from touching the engine's
+// queues while the loop thread runs them. A thread that does not run the
+// loop queues directly only while no thread does (decided under the loop's
+// critical section, which loop_run() takes to start); otherwise `f` is not
+// called and the work must go through the inbox.
+template <typename F>
+Queued unless_running_elsewhere(LoopObject* self, F&& f) {
+  if (loop_owns_queues(self)) return guarded(f);
+  Queued result = Queued::elsewhere;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  if (self->running_thread == 0) result = guarded(f);
+  Py_END_CRITICAL_SECTION();
+  return result;
+}
+#endif
+
+Queued queue_soon(LoopObject* self, Work work, bool threadsafe) {
+  auto threadsafe_push = [&] { return self->engine->call_soon_threadsafe(work) ? Queued::ok : Queued::closed; };
+  if (threadsafe) return guarded(threadsafe_push);
+  auto push = [&] {
+    self->engine->call_soon(work);
+    return Queued::ok;
+  };
+#ifdef Py_GIL_DISABLED
+  // call_soon() from a thread that does not run the loop is a user error,
+  // but it must not corrupt the queue: it gets call_soon_threadsafe().
+  Queued queued = unless_running_elsewhere(self, push);
+  return queued == Queued::elsewhere ? guarded(threadsafe_push) : queued;
+#else
+  return guarded(push);
+#endif
+}
+
+// Raises for a failed Queued (and drops the reference the queue would have
+// taken and the caller's); returns false then.
+bool queued_or_raise(Queued queued, PyObject* handle) {
+  if (queued == Queued::ok) return true;
+  Py_DECREF(handle);
+  Py_DECREF(handle);
+  if (queued == Queued::no_memory) {
+    PyErr_NoMemory();
+  } else {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+  }
+  return false;
+}
+
 PyObject* schedule_soon(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* context,
                         bool threadsafe, const char* method) {
   if (!check_open(self)) return nullptr;
@@ -108,23 +181,42 @@ PyObject* schedule_soon(LoopObject* self, PyObject* const* args, Py_ssize_t narg
   HandleObject* handle = handle_new(self, false, args[0], args + 1, nargs - 1, context);
   if (handle == nullptr) return nullptr;
   Work work = handle_work(reinterpret_cast<HandleObject*>(Py_NewRef(handle)));
-  try {
-    if (threadsafe) {
-      if (!self->engine->call_soon_threadsafe(work)) {
-        Py_DECREF(handle);  // the queue's reference, never taken
-        Py_DECREF(handle);
-        PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
-        return nullptr;
-      }
-    } else {
-      self->engine->call_soon(work);
-    }
-  } catch (const std::bad_alloc&) {
-    Py_DECREF(handle);
-    Py_DECREF(handle);
-    return PyErr_NoMemory();
-  }
+  if (!queued_or_raise(queue_soon(self, work, threadsafe), reinterpret_cast<PyObject*>(handle))) return nullptr;
   return reinterpret_cast<PyObject*>(handle);
+}
+
+#ifdef Py_GIL_DISABLED
+// Inbox work that puts a timer handle on the heap from the loop's thread;
+// it carries the heap's reference.
+void schedule_timer_work(void* ctx, bool run) noexcept {
+  auto* timer = static_cast<TimerHandleObject*>(ctx);
+  if (run && !timer->base.cancelled) {
+    try {
+      timer->base.loop->engine->schedule(&timer->node, timer->node.when);
+      return;
+    } catch (const std::exception&) {
+      // Out of memory: the timer is dropped like a cancelled one.
+    }
+  }
+  Py_DECREF(timer);
+}
+#endif
+
+Queued queue_timer(LoopObject* self, TimerHandleObject* timer, double when) {
+  auto push = [&] {
+    self->engine->schedule(&timer->node, when);
+    return Queued::ok;
+  };
+#ifdef Py_GIL_DISABLED
+  Queued queued = unless_running_elsewhere(self, push);
+  if (queued != Queued::elsewhere) return queued;
+  timer->node.when = when;
+  return guarded([&] {
+    return self->engine->call_soon_threadsafe(Work{&schedule_timer_work, timer}) ? Queued::ok : Queued::closed;
+  });
+#else
+  return guarded(push);
+#endif
 }
 
 PyObject* schedule_at(LoopObject* self, double when, PyObject* const* args, Py_ssize_t nargs,
@@ -136,13 +228,8 @@ PyObject* schedule_at(LoopObject* self, double when, PyObject* const* args, Py_s
   if (handle == nullptr) return nullptr;
   auto* timer = reinterpret_cast<TimerHandleObject*>(handle);
   timer->node.work = handle_work(handle);
-  try {
-    self->engine->schedule(&timer->node, when);
-  } catch (const std::bad_alloc&) {
-    Py_DECREF(handle);
-    return PyErr_NoMemory();
-  }
   Py_INCREF(handle);  // the timer heap's reference
+  if (!queued_or_raise(queue_timer(self, timer, when), reinterpret_cast<PyObject*>(handle))) return nullptr;
   return reinterpret_cast<PyObject*>(handle);
 }
 
@@ -191,9 +278,8 @@ PyObject* loop_call_at(LoopObject* self, PyObject* const* args, size_t nargsf, P
 }
 
 PyObject* loop_create_future(LoopObject* self, PyObject*) {
-  static PyObject* kwnames = Py_BuildValue("(s)", "loop");
   PyObject* args[] = {reinterpret_cast<PyObject*>(self)};
-  return PyObject_Vectorcall(future_type, args, 0, kwnames);
+  return PyObject_Vectorcall(future_type, args, 0, kw_loop);
 }
 
 // The common case (no task factory, no debug bookkeeping) natively; the
@@ -223,10 +309,6 @@ PyObject* loop_create_task(LoopObject* self, PyObject* const* args, size_t nargs
                                context);
   }
   if (!check_open(self)) return nullptr;
-  static PyObject* kw_loop = Py_BuildValue("(s)", "loop");
-  static PyObject* kw_loop_name = Py_BuildValue("(ss)", "loop", "name");
-  static PyObject* kw_loop_context = Py_BuildValue("(ss)", "loop", "context");
-  static PyObject* kw_all = Py_BuildValue("(sss)", "loop", "name", "context");
   PyObject* call_args[4] = {args[0], reinterpret_cast<PyObject*>(self), name, context};
   PyObject* names = kw_loop;
   if (name != Py_None && context != Py_None) {
@@ -240,12 +322,23 @@ PyObject* loop_create_task(LoopObject* self, PyObject* const* args, size_t nargs
   return PyObject_Vectorcall(task_type, call_args, 1, names);
 }
 
+// A critical section: without a GIL, a set from another thread must not free
+// the factory while it is being read.
 PyObject* get_task_factory(LoopObject* self, void*) {
-  return Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+  PyObject* factory;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  factory = Py_NewRef(self->task_factory ? self->task_factory : Py_None);
+  Py_END_CRITICAL_SECTION();
+  return factory;
 }
 
 int set_task_factory(LoopObject* self, PyObject* value, void*) {
-  Py_XSETREF(self->task_factory, value == nullptr || value == Py_None ? nullptr : Py_NewRef(value));
+  PyObject* old;
+  Py_BEGIN_CRITICAL_SECTION(self);
+  old = self->task_factory;
+  self->task_factory = value == nullptr || value == Py_None ? nullptr : Py_NewRef(value);
+  Py_END_CRITICAL_SECTION();
+  Py_XDECREF(old);
   return 0;
 }
 
@@ -272,16 +365,32 @@ PyObject* loop_set_debug(LoopObject* self, PyObject* enabled) {
 // The native core of run_forever(); the Python subclass sets up the rest.
 PyObject* loop_run(LoopObject* self, PyObject*) {
   if (!check_open(self)) return nullptr;
-  if (self->engine->is_running()) {
+  bool busy;
+#ifdef Py_GIL_DISABLED
+  Py_BEGIN_CRITICAL_SECTION(self);
+  busy = self->running_thread != 0;
+  if (!busy) __atomic_store_n(&self->running_thread, PyThread_get_thread_ident(), __ATOMIC_RELAXED);
+  Py_END_CRITICAL_SECTION();
+#else
+  busy = self->engine->is_running();
+#endif
+  if (busy) {
     PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
     return nullptr;
   }
+  bool failed = false;
   try {
     self->engine->run();
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
+    failed = true;
   }
+#ifdef Py_GIL_DISABLED
+  Py_BEGIN_CRITICAL_SECTION(self);
+  __atomic_store_n(&self->running_thread, 0UL, __ATOMIC_RELAXED);
+  Py_END_CRITICAL_SECTION();
+#endif
+  if (failed) return nullptr;
   if (self->pending_exception) {
     PyObject* exc = self->pending_exception;
     self->pending_exception = nullptr;
@@ -297,12 +406,17 @@ PyObject* loop_close_native(LoopObject* self, PyObject*) {
     return nullptr;
   }
   fd_watches_clear(self);
+  bool failed = false;
+  // Free-threaded: not while another thread queues directly (see queue_soon).
+  Py_BEGIN_CRITICAL_SECTION(self);
   try {
     self->engine->close();
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
-    return nullptr;
+    failed = true;
   }
+  Py_END_CRITICAL_SECTION();
+  if (failed) return nullptr;
   Py_RETURN_NONE;
 }
 
@@ -517,6 +631,11 @@ PyObject* set_asyncio_types(PyObject*, PyObject* args) {
 }
 
 int init_loop_type(PyObject* module) {
+  kw_loop = Py_BuildValue("(s)", "loop");
+  kw_loop_name = Py_BuildValue("(ss)", "loop", "name");
+  kw_loop_context = Py_BuildValue("(ss)", "loop", "context");
+  kw_all = Py_BuildValue("(sss)", "loop", "name", "context");
+  if (!kw_loop || !kw_loop_name || !kw_loop_context || !kw_all) return -1;
   LoopType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &loop_spec, nullptr));
   if (LoopType == nullptr) return -1;
   return PyModule_AddObjectRef(module, "Loop", reinterpret_cast<PyObject*>(LoopType));

@@ -19,7 +19,21 @@ struct LoopObject {
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;
   bool debug;
+#ifdef Py_GIL_DISABLED
+  // The thread inside _run(), else 0; written under a critical section on
+  // the loop. Without a GIL, only that thread may touch the engine's ready
+  // queue and timer heap; others go through the inbox (loop_owns_queues).
+  unsigned long running_thread;
+#endif
 };
+
+#ifdef Py_GIL_DISABLED
+// True on the thread running the loop. Elsewhere, callers decide under a
+// critical section on the loop whether it runs (then: the inbox).
+inline bool loop_owns_queues(LoopObject* loop) {
+  return __atomic_load_n(&loop->running_thread, __ATOMIC_RELAXED) == PyThread_get_thread_ident();
+}
+#endif
 
 extern PyTypeObject* LoopType;
 

@@ -125,6 +125,8 @@ def part(cfg, loops, skipped_loops, add_step):
     for server_name, (dist, oldest, _) in SERVERS.items():
         row = result["results"].setdefault(server_name, {})
         why_not = missing_dependency(dist, oldest)
+        if server_name == "uvicorn" and not why_not:  # it serves with --http httptools
+            why_not = missing_dependency(*SERVERS["httptools"][:2])
         for loop in loops:
             if loop in skipped_loops or why_not:
                 row[loop] = {"skipped": skipped_loops.get(loop) or why_not}

@@ -56,6 +56,9 @@ def child(plan):
 
 def available():
     """None when callgrind can run, else why not."""
+    if not getattr(sys, "_is_gil_enabled", lambda: True)():
+        # Its locks and allocator call sched_yield, the marker used here.
+        return "free-threaded CPython calls sched_yield itself (this benchmark's marker)"
     return None if shutil.which("valgrind") else "valgrind is not installed (apt-get install valgrind)"
 
 

@@ -2,9 +2,15 @@
 
 Shard 0 is the loop the program runs on (its main thread); shards 1..N-1 run
 their own loops in threads started with it and stopped when it closes. Loops
-only ever touch their own objects: work crosses shards as a callback handed
-to the target's inbox (call_soon_threadsafe, a lock-free queue in the
-engine), and results come back the same way."""
+only ever touch their own objects: work crosses shards as a callback posted
+through the engine's Runtime (`_core.Runtime`: a lock-free single-producer
+ring per pair of shards, and a wake-up only when the target is about to
+block), and results come back the same way.
+
+Shutdown (shard 0's loop closing): shards 1..N-1 are stopped and cancel their
+tasks, so remote callers get an answer; once every shard has finished that,
+all of them detach together, and what is still queued is settled: a call
+nobody ran answers its caller with ShardStopped, the rest is dropped."""
 
 from __future__ import annotations
 
@@ -13,10 +19,15 @@ import functools
 import inspect
 import os
 import threading
+import time
 import types
 import warnings
 from typing import Any, Awaitable, Callable
 
+from . import _core
+
+# How long a shard waits for the others to finish their tasks before the
+# runtime stops them regardless.
 _STOP_TIMEOUT = 30.0
 
 
@@ -28,17 +39,28 @@ class Runtime:
     def __init__(self, shards: int, *, pin: bool = False) -> None:
         self.count = shards
         self.loops: list[Any] = [None] * shards
-        self._pin = pin
-        self._threads: list[threading.Thread] = []
-        self._cpus = sorted(os.sched_getaffinity(0)) if pin else []
-        if pin and shards > len(self._cpus):
-            warnings.warn(f"{shards} shards but {len(self._cpus)} usable CPUs: shards are not pinned",
+        cpus = len(os.sched_getaffinity(0))
+        if pin and shards > cpus:
+            warnings.warn(f"{shards} shards but {cpus} usable CPUs: shards are not pinned",
                           RuntimeWarning, stacklevel=4)
-            self._pin = False
+            pin = False
+        self.native = _core.Runtime(shards, pin=pin)
+        self.post = self.native.post
+        self.request = self.native.request
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        # Set by each shard once its own tasks are finished; every shard
+        # waits for all of them before detaching, since the first detach
+        # stops every loop, which would cut another shard's clean-up short.
+        self._finished = [threading.Event() for _ in range(shards)]
+        self._closing = threading.Event()
+        self._home_thread = 0
 
     def start(self, main_loop: Any, new_loop: Callable[[], Any]) -> None:
         """Make `main_loop` shard 0 and start the other shards' threads."""
         self._adopt(main_loop, 0)
+        self.native.attach(0, main_loop)
+        self._home_thread = threading.get_ident()
         started = []
         for index in range(1, self.count):
             ready = threading.Event()
@@ -49,52 +71,89 @@ class Runtime:
             self._threads.append(thread)
         for ready in started:
             ready.wait()
-        if self._pin:
-            self._pin_current_thread(0)
+        if self._errors:
+            main_loop.close()  # stops the shards that did start
+            raise self._errors[0]
 
     def _adopt(self, loop: Any, index: int) -> None:
         loop._shard_runtime = self
         loop._shard_index = index
         self.loops[index] = loop
 
-    def _pin_current_thread(self, index: int) -> None:
-        # Linux applies sched_setaffinity(0, ...) to the calling thread only.
-        os.sched_setaffinity(0, {self._cpus[index % len(self._cpus)]})
-
     def _serve(self, index: int, new_loop: Callable[[], Any], ready: threading.Event) -> None:
-        if self._pin:
-            self._pin_current_thread(index)
-        loop = new_loop()
-        self._adopt(loop, index)
-        asyncio.set_event_loop(loop)
-        loop.call_soon(ready.set)
         try:
-            loop.run_forever()
+            loop = new_loop()
+            self._adopt(loop, index)
+            self.native.attach(index, loop)
+        except BaseException as exc:  # noqa: BLE001 - raised by start()
+            self._errors.append(exc)
+            self._finished[index].set()
+            ready.set()
+            return
+        asyncio.set_event_loop(loop)
+        ready.set()
+        try:
+            try:
+                loop.run_forever()
+            except BaseException as exc:  # noqa: BLE001 - KeyboardInterrupt, SystemExit
+                # What ends a loop ends the program: shard 0 raises it from
+                # its run_forever(), and its closing stops this shard.
+                self.post(0, _raise, exc)
+                self._closing.wait()
             _finish_tasks(loop)
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.run_until_complete(loop.shutdown_default_executor())
         finally:
+            self._finished[index].set()
+            self._wait_finished(index)
+            self.native.detach()
             asyncio.set_event_loop(None)
             loop.close()
 
+    def _wait_finished(self, index: int) -> None:
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        for shard, finished in enumerate(self._finished):
+            if not finished.wait(max(0.0, deadline - time.monotonic())):
+                if index == 0:
+                    warnings.warn(f"shard {shard} did not finish its tasks within {_STOP_TIMEOUT} s; "
+                                  f"stopping it", RuntimeWarning, stacklevel=5)
+                return
+
     def stop(self) -> None:
         """Stop shards 1..N-1 (their pending tasks are cancelled, so callers
-        waiting on them get an answer) and join their threads."""
-        for loop in self.loops[1:]:
-            try:
-                loop.call_soon_threadsafe(loop.stop)
-            except RuntimeError:
-                pass  # already closed
+        waiting on them get an answer), settle the queues and join the
+        threads. Shard 0's thread, once its loop has returned."""
+        if self._closing.is_set():
+            return
+        if threading.get_ident() != self._home_thread:
+            # Shard 0 is bound to the thread that made it; the runtime can
+            # only shut down from there.
+            raise RuntimeError("a sharded loop must be closed on the thread that created it")
+        self._closing.set()
+        for index in range(1, self.count):
+            loop = self.loops[index]
+            if loop is not None:
+                self.post(index, loop.stop)
+        self._finished[0].set()
+        self._wait_finished(0)
+        self.native.detach()
         for thread in self._threads:
             thread.join(_STOP_TIMEOUT)
         self._threads.clear()
 
-    def loop(self, shard: int) -> Any:
+    def check(self, shard: int) -> None:
         if not isinstance(shard, int) or isinstance(shard, bool):
             raise TypeError(f"shard must be an int, got {type(shard).__name__}")
         if not 0 <= shard < self.count:
             raise ValueError(f"shard {shard} out of range(0, {self.count})")
+
+    def loop(self, shard: int) -> Any:
+        self.check(shard)
         return self.loops[shard]
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
 
 
 def _finish_tasks(loop: Any) -> None:
@@ -139,9 +198,12 @@ def loop_of(shard: int) -> Any:
 class _RemoteCall:
     """One submit_to: started on the target shard, settled on the caller's."""
 
-    def __init__(self, here: Any, target: Any, fn: Callable[..., Any], args: tuple) -> None:
-        self.here = here
-        self.target = target
+    __slots__ = ("runtime", "caller", "shard", "fn", "args", "future", "task")
+
+    def __init__(self, here: Any, runtime: Runtime, shard: int, fn: Callable[..., Any], args: tuple) -> None:
+        self.runtime = runtime
+        self.caller = here._shard_index
+        self.shard = shard
         self.fn = fn
         self.args = args
         self.future = here.create_future()
@@ -159,7 +221,7 @@ class _RemoteCall:
         if not inspect.isawaitable(result):
             self._reply(result, None)
             return
-        self.task = asyncio.ensure_future(result, loop=self.target)
+        self.task = asyncio.ensure_future(result, loop=self.runtime.loops[self.shard])
         self.task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Future) -> None:  # on the target shard
@@ -170,10 +232,8 @@ class _RemoteCall:
             self._reply(None if exc is not None else task.result(), exc)
 
     def _reply(self, result: Any, exc: BaseException | None) -> None:
-        try:
-            self.here.call_soon_threadsafe(self._settle, result, exc)
-        except RuntimeError:
-            pass  # the caller's loop is closed: nobody is waiting any more
+        # Refused when the caller's shard has stopped: nobody is waiting.
+        self.runtime.post(self.caller, self._settle, result, exc)
 
     def _settle(self, result: Any, exc: BaseException | None) -> None:  # on the caller
         if self.future.done():
@@ -183,12 +243,12 @@ class _RemoteCall:
         else:
             self.future.set_result(result)
 
+    def stopped(self) -> None:  # on the caller: the target never ran start()
+        self._settle(None, ShardStopped(f"shard {self.shard} stopped before running the call"))
+
     def _caller_done(self, future: asyncio.Future) -> None:  # on the caller
         if future.cancelled():
-            try:
-                self.target.call_soon_threadsafe(self._cancel_remote)
-            except RuntimeError:
-                pass
+            self.runtime.post(self.shard, self._cancel_remote)
 
     def _cancel_remote(self) -> None:  # on the target shard
         if self.task is not None:
@@ -200,20 +260,25 @@ async def submit_to(shard: int, fn: Callable[..., Any], /, *args: Any) -> Any:
     when it is awaitable); its exception is raised here. Cancelling the
     caller cancels the call on the target shard."""
     here, runtime = _running_runtime()
-    target = loop_of(shard) if runtime is None else runtime.loop(shard)
-    if target is here:
+    if runtime is None:
+        loop_of(shard)  # the same checks as in a runtime of one shard
+    else:
+        runtime.check(shard)
+    if runtime is None or shard == here._shard_index:
         result = fn(*args)
         return await result if inspect.isawaitable(result) else result
-    return await _call_on(here, target, fn, args)
+    return await _send(here, runtime, shard, fn, args)
 
 
-async def _call_on(here: Any, target: Any, fn: Callable[..., Any], args: tuple) -> Any:
-    call = _RemoteCall(here, target, fn, args)
-    try:
-        target.call_soon_threadsafe(call.start)
-    except RuntimeError:
-        raise ShardStopped(f"shard {getattr(target, '_shard_index', '?')} is not running") from None
-    return await call.future
+def _send(here: Any, runtime: Runtime, shard: int, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
+    """The future of ``fn(*args)`` run on another shard (failed with
+    ShardStopped at once when that shard takes no more work). A plain
+    function, not a coroutine: one frame less per call for gather()."""
+    call = _RemoteCall(here, runtime, shard, fn, args)
+    if not runtime.request(shard, call.stopped, call.start):
+        call.future.remove_done_callback(call._caller_done)
+        call.future.set_exception(ShardStopped(f"shard {shard} is not running"))
+    return call.future
 
 
 def for_loop(factory: Callable[..., Any], home: Any, loop: Any) -> Callable[..., Any]:
@@ -243,6 +308,7 @@ class ShardedServer(asyncio.AbstractServer):
 
     def __init__(self, home: Any, servers: list[Any]) -> None:
         self._home = home
+        self._runtime = runtime_of(home)
         self._servers = servers  # servers[i] lives on servers[i].get_loop()
 
     def __repr__(self) -> str:
@@ -254,14 +320,13 @@ class ShardedServer(asyncio.AbstractServer):
             if loop is self._home:
                 getattr(server, method)()
             else:
-                try:
-                    loop.call_soon_threadsafe(getattr(server, method))
-                except RuntimeError:
-                    pass  # that shard's loop is closed, and its server with it
+                # Refused once that shard has stopped, and its server with it.
+                self._runtime.post(loop._shard_index, getattr(server, method))
 
     async def _gather(self, method: str) -> None:
-        await asyncio.gather(*(_call_on(self._home, s.get_loop(), getattr(s, method), ())
-                               if s.get_loop() is not self._home else getattr(s, method)()
+        await asyncio.gather(*(getattr(s, method)() if s.get_loop() is self._home
+                               else _send(self._home, self._runtime, s.get_loop()._shard_index,
+                                          getattr(s, method), ())
                                for s in self._servers))
 
     def close(self) -> None:
@@ -316,8 +381,9 @@ async def create_sharded_server(home: Any, create_here: Callable[..., Awaitable[
         port = first.sockets[0].getsockname()[1]
     others = [loop for loop in runtime.loops if loop is not home]
     results = await asyncio.gather(*(
-        _call_on(home, loop, functools.partial(create_here, loop, for_loop(protocol_factory, home, loop),
-                                               host, port, **kwargs), ())
+        _send(home, runtime, loop._shard_index,
+                 functools.partial(create_here, loop, for_loop(protocol_factory, home, loop), host, port, **kwargs),
+                 ())
         for loop in others), return_exceptions=True)
     servers = [first] + [r for r in results if not isinstance(r, BaseException)]
     failed = [r for r in results if isinstance(r, BaseException)]

@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import sys
 import threading
 
 import pytest
@@ -310,3 +311,264 @@ def test_sharded_server_port_in_use_fails_whole():
         return True
 
     assert run(main)
+
+
+# --- the native runtime under the Python shards ------------------------------
+
+
+def _runtime():
+    return asyncio.get_running_loop()._shard_runtime
+
+
+def test_cross_shard_calls_go_through_the_native_runtime():
+    async def main():
+        native = _runtime().native
+        assert isinstance(native, shardloop._core.Runtime) and native.shard_count == 3
+        before = native.stats()["wakeups"]
+        for i in range(20):
+            assert await shardloop.submit_to(1 + i % 2, whereami, i) is not None
+        # Each round trip finds the other side asleep at least sometimes;
+        # with no native path nothing would be counted at all.
+        return native.stats()["wakeups"] - before
+
+    assert run(main) > 0
+
+
+def test_post_runs_in_call_soon_order_on_its_own_shard():
+    async def main():
+        loop = asyncio.get_running_loop()
+        order = []
+        done = loop.create_future()
+        loop.call_soon(order.append, "a")
+        assert _runtime().post(0, order.append, "b") is True
+        loop.call_soon(order.append, "c")
+        loop.call_soon(done.set_result, None)
+        await done
+        return order
+
+    assert run(main) == ["a", "b", "c"]
+
+
+def test_posts_from_one_shard_run_in_order_on_the_other():
+    async def main():
+        seen = []
+        rt = _runtime()
+        done = asyncio.get_running_loop().create_future()
+        for i in range(500):
+            rt.post(1, seen.append, i)
+        rt.post(1, rt.post, 0, done.set_result, None)
+        await done
+        return seen
+
+    assert run(main, shards=2) == list(range(500))
+
+
+def test_exception_in_posted_callback_goes_to_that_shards_handler():
+    async def main():
+        contexts = []
+
+        def install():
+            asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: contexts.append((loop, ctx)))
+            return asyncio.get_running_loop()
+
+        def bad():
+            raise ZeroDivisionError("on shard 1")
+
+        target = await shardloop.submit_to(1, install)
+        assert _runtime().post(1, bad) is True
+        # Still serving, and the handler ran before this (FIFO per pair).
+        assert await shardloop.submit_to(1, shardloop.current_shard) == 1
+        return target, contexts
+
+    target, contexts = run(main, shards=2)
+    assert len(contexts) == 1
+    loop, ctx = contexts[0]
+    assert loop is target
+    assert isinstance(ctx["exception"], ZeroDivisionError)
+    assert ctx["message"].startswith("Exception in callback")
+
+
+def test_post_from_a_thread_that_is_not_a_shard():
+    async def main():
+        rt = _runtime()
+        here = asyncio.get_running_loop()
+        done = here.create_future()
+        seen = []
+
+        def from_thread():
+            # The foreign (multi-producer) queue: then back to shard 0.
+            assert rt.post(1, lambda: seen.append(shardloop.current_shard())) is True
+            assert rt.post(1, lambda: rt.post(0, done.set_result, threading.get_ident())) is True
+
+        thread = threading.Thread(target=from_thread)
+        thread.start()
+        ident = await done
+        thread.join()
+        return seen, ident, thread.ident
+
+    seen, ident, thread_ident = run(main, shards=2)
+    assert seen == [1] and ident not in (thread_ident, threading.get_ident())
+
+
+def test_post_bad_arguments():
+    async def main():
+        rt = _runtime()
+        with pytest.raises(ValueError, match=r"out of range\(0, 2\)"):
+            rt.post(2, print)
+        with pytest.raises(TypeError, match="shard must be an int"):
+            rt.post(True, print)
+        with pytest.raises(TypeError, match="callable"):
+            rt.post(1, 42)
+        coro = whereami()
+        with pytest.raises(TypeError, match="coroutines cannot be used"):
+            rt.post(1, coro)
+        coro.close()
+        return True
+
+    assert run(main, shards=2)
+
+
+def test_a_stopped_runtime_refuses_work():
+    async def main():
+        return _runtime()
+
+    rt = run(main, shards=2)
+    assert rt.post(1, print) is False
+    assert rt.request(1, print, print) is False
+
+
+def test_system_exit_on_a_shard_ends_the_program():
+    async def main():
+        _runtime().post(1, sys.exit, 3)
+        await asyncio.sleep(3600)
+
+    with pytest.raises(SystemExit) as info:
+        run(main, shards=2)
+    assert info.value.code == 3
+
+
+def _native_pair():
+    """A bare two-shard native runtime: shard 0 on this thread, shard 1 on a
+    thread that runs its loop only when told to."""
+    native = shardloop._core.Runtime(2)
+    home = shardloop.new_event_loop()
+    native.attach(0, home)
+    other = {}
+    attached = threading.Event()
+    go = threading.Event()
+
+    def shard1():
+        other["loop"] = loop = shardloop.new_event_loop()
+        native.attach(1, loop)
+        attached.set()
+        go.wait()
+        native.detach()
+        loop.close()
+
+    thread = threading.Thread(target=shard1)
+    thread.start()
+    attached.wait()
+    return native, home, other["loop"], go, thread
+
+
+def test_work_discarded_at_shutdown_is_released_and_answered():
+    native, home, _, go, thread = _native_pair()
+    token = object()
+    base = sys.getrefcount(token)
+    answered = []
+
+    def stopped():
+        answered.append("stopped")
+        if len(answered) == 50:
+            home.stop()
+
+    for _ in range(50):
+        assert native.post(1, print, token) is True
+        assert native.request(1, stopped, print, token) is True
+    assert sys.getrefcount(token) == base + 100
+    go.set()  # shard 1 detaches without ever running its loop
+    # Its detach stops this loop (once) and sends the answers here.
+    while len(answered) < 50:
+        home.run_forever()
+    native.detach()
+    thread.join()
+    home.close()
+    assert answered == ["stopped"] * 50
+    assert sys.getrefcount(token) == base
+
+
+def test_runtime_attach_errors():
+    native, home, other, go, thread = _native_pair()
+    try:
+        spare = shardloop.new_event_loop()
+        with pytest.raises(RuntimeError, match="already a shard"):
+            native.attach(1, spare)
+        spare.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            native.attach(1, spare)
+        plain = asyncio.new_event_loop()
+        with pytest.raises(TypeError, match="needs a shardloop loop"):
+            native.attach(1, plain)
+        plain.close()
+    finally:
+        go.set()
+        native.detach()
+        thread.join()
+        home.close()
+    with pytest.raises(RuntimeError, match="needs the thread of an attached shard"):
+        native.detach()
+
+
+def test_close_from_another_thread_is_refused_and_harmless():
+    loop = shardloop.new_event_loop(shards=2)
+    errors = []
+
+    def close_elsewhere():
+        try:
+            loop.close()
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=close_elsewhere)
+    thread.start()
+    thread.join()
+    assert len(errors) == 1 and "thread that created it" in str(errors[0])
+    assert not loop.is_closed()
+
+    async def still_served():
+        return await shardloop.submit_to(1, shardloop.current_shard)
+
+    assert loop.run_until_complete(still_served()) == 1
+    loop.close()
+    assert loop.is_closed()
+
+
+def test_pinned_shards_get_one_cpu_each_and_give_it_back():
+    import os
+
+    before = os.sched_getaffinity(0)
+    if len(before) < 2:
+        pytest.skip("needs two usable CPUs")
+
+    async def main():
+        return os.sched_getaffinity(0), await shardloop.submit_to(1, os.sched_getaffinity, 0)
+
+    home, other = shardloop.run(main(), shards=2, pin=True)
+    assert len(home) == 1 and len(other) == 1 and home != other and home | other <= before
+    assert os.sched_getaffinity(0) == before
+
+
+def test_more_shards_than_cpus_are_not_pinned():
+    import os
+
+    count = len(os.sched_getaffinity(0)) + 1
+
+    async def main():
+        return await shardloop.submit_to(count - 1, os.sched_getaffinity, 0)
+
+    with pytest.warns(RuntimeWarning, match="not pinned"):
+        loop = shardloop.new_event_loop(shards=count, pin=True)
+    try:
+        assert loop.run_until_complete(main()) == os.sched_getaffinity(0)
+    finally:
+        loop.close()
