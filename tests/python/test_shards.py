@@ -572,3 +572,85 @@ def test_more_shards_than_cpus_are_not_pinned():
         assert loop.run_until_complete(main()) == os.sched_getaffinity(0)
     finally:
         loop.close()
+
+
+def test_sharded_echo_of_10000_connections_is_byte_exact_on_every_shard():
+    import hashlib
+    import os
+
+    total = 2_000 if os.environ.get("SHARDLOOP_SANITIZED") else 10_000
+    per_shard = [0, 0, 0]
+
+    async def echo(reader, writer):
+        per_shard[shardloop.current_shard()] += 1  # each shard writes its own slot
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+        writer.close()
+
+    async def one(port, i, limit):
+        payload = hashlib.sha256(b"%d" % i).digest() * (1 + i % 64)
+        async with limit:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(payload)
+            writer.write_eof()
+            got = await reader.read()
+            writer.close()
+            await writer.wait_closed()
+        return got == payload
+
+    async def main():
+        server = await asyncio.start_server(echo, "127.0.0.1", 0, reuse_port=True, backlog=1024)
+        port = server.sockets[0].getsockname()[1]
+        limit = asyncio.Semaphore(200)
+        results = await asyncio.gather(*(one(port, i, limit) for i in range(total)))
+        server.close()
+        await server.wait_closed()
+        return results
+
+    results = run(main)
+    assert all(results) and len(results) == total
+    assert sum(per_shard) == total
+    print("connections per shard:", per_shard)
+    assert all(count > 0 for count in per_shard)
+
+
+CTRL_C_SCRIPT = r"""
+import asyncio, os, signal, sys, threading
+import shardloop
+
+async def main():
+    assert shardloop.shard_count() == 3
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0, reuse_port=True)
+    await shardloop.submit_to(2, asyncio.sleep, 0)
+    print("READY", threading.active_count(), flush=True)
+    try:
+        await asyncio.sleep(60)
+    finally:
+        print("CANCELLED", flush=True)
+
+try:
+    shardloop.run(main(), shards=3)
+except KeyboardInterrupt:
+    print("INTERRUPTED", threading.active_count(), flush=True)
+"""
+
+
+def test_ctrl_c_stops_every_shard():
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = proc.stdout.readline().split()
+        assert ready[0] == "READY" and int(ready[1]) >= 3
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    lines = out.split()
+    assert "CANCELLED" in lines
+    # Only the main thread is left: every shard's thread was joined.
+    assert lines[lines.index("INTERRUPTED") + 1] == "1"
+    assert proc.returncode == 0
