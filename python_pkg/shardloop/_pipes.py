@@ -21,6 +21,7 @@ from asyncio import transports
 from typing import Any
 
 from . import _core
+from ._transport_rules import PausableReads
 
 logger = logging.getLogger("asyncio")
 
@@ -148,7 +149,7 @@ class _PipeTransport:
         })
 
 
-class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
+class ReadPipeTransport(_PipeTransport, PausableReads, transports.ReadTransport):
     def __init__(self, loop: Any, pipe: Any, protocol: asyncio.BaseProtocol,
                  waiter: asyncio.Future | None = None, extra: dict | None = None) -> None:
         super().__init__(extra)
@@ -189,25 +190,9 @@ class ReadPipeTransport(_PipeTransport, transports.ReadTransport):
             self._loop.call_soon(self._protocol.eof_received)
             self._schedule_connection_lost(None)
 
-    def pause_reading(self) -> None:
-        if self._closing or self._paused:
-            return
-        self._paused = True
+    def _stop_reading(self) -> None:
         if self._stream is not None:
             self._stream.read_stop()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self) -> None:
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
-
-    def is_reading(self) -> bool:
-        return not self._paused and not self._closing
 
     def _state(self) -> str:
         if self._loop.is_closed():

@@ -14,6 +14,7 @@ from asyncio import constants, trsock
 from typing import Any
 
 from . import _core
+from ._transport_rules import fatal_error
 
 logger = logging.getLogger("asyncio")
 
@@ -379,17 +380,7 @@ class TcpTransport(asyncio.Transport):
             self._sock = None
 
     def _fatal_error(self, exc: BaseException, message: str) -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
-        self._force_close(exc)
+        fatal_error(self, exc, message)
 
     # -- loop.sendfile(): the native path waits for the queue to drain.
 

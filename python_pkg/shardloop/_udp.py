@@ -19,6 +19,7 @@ from asyncio import transports, trsock
 from typing import Any, Callable
 
 from ._transport import _LOG_THRESHOLD_FOR_CONNLOST_WRITES, _set_result_unless_cancelled
+from ._transport_rules import PausableReads, fatal_error
 
 logger = logging.getLogger("asyncio")
 
@@ -201,7 +202,7 @@ class DatagramMixin:
             exceptions = []  # no cycle through the traceback
 
 
-class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport):
+class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.DatagramTransport):
     """asyncio's datagram transport contract on the loop's fd watchers."""
 
     max_size = _MAX_SIZE
@@ -281,25 +282,6 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
         if self._reading:
             self._reading = False
             self._loop._remove_reader(self._sock_fd)
-
-    def is_reading(self) -> bool:
-        return not self._closing and not self._paused
-
-    def pause_reading(self) -> None:
-        if not self.is_reading():
-            return
-        self._paused = True
-        self._stop_reading()
-        if self._loop.get_debug():
-            logger.debug("%r pauses reading", self)
-
-    def resume_reading(self) -> None:
-        if self._closing or not self._paused:
-            return
-        self._paused = False
-        self._start_reading()
-        if self._loop.get_debug():
-            logger.debug("%r resumes reading", self)
 
     def _read_ready(self) -> None:
         if self._conn_lost:
@@ -410,17 +392,7 @@ class DatagramTransport(transports._FlowControlMixin, asyncio.DatagramTransport)
         self._force_close(None)
 
     def _fatal_error(self, exc: BaseException, message: str = "Fatal error on transport") -> None:
-        if isinstance(exc, OSError):
-            if self._loop.get_debug():
-                logger.debug("%r: %s", self, message, exc_info=True)
-        else:
-            self._loop.call_exception_handler({
-                "message": message,
-                "exception": exc,
-                "transport": self,
-                "protocol": self._protocol,
-            })
-        self._force_close(exc)
+        fatal_error(self, exc, message)
 
     def _force_close(self, exc: BaseException | None) -> None:
         if self._conn_lost:
