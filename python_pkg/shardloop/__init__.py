@@ -47,7 +47,11 @@ def new_event_loop(*, shards: int | None = 1, pin: bool = False) -> Loop:
     loop = Loop()
     if count > 1:
         from ._shards import Runtime
-        Runtime(count, pin=pin).start(loop, Loop)
+        try:
+            Runtime(count, pin=pin).start(loop, Loop)
+        except BaseException:
+            loop.close()
+            raise
     return loop
 
 

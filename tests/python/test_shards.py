@@ -654,3 +654,15 @@ def test_ctrl_c_stops_every_shard():
     # Only the main thread is left: every shard's thread was joined.
     assert lines[lines.index("INTERRUPTED") + 1] == "1"
     assert proc.returncode == 0
+
+
+def test_more_pinned_shards_than_cpus_warns_and_runs_unpinned():
+    import os
+
+    count = len(os.sched_getaffinity(0)) + 1
+    with pytest.warns(RuntimeWarning, match="not pinned"):
+        loop = shardloop.new_event_loop(shards=count, pin=True)
+    try:
+        assert loop.run_until_complete(shardloop.submit_to(count - 1, shardloop.current_shard)) == count - 1
+    finally:
+        loop.close()
