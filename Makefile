@@ -14,7 +14,7 @@ CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -
 # before the extension, or the first C++ throw aborts the interpreter.
 ASAN_RT = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libstdc++.so)
 
-.PHONY: deps apt venv build install demo test test-engine test-python test-asan test-versions bench bench-native clean
+.PHONY: deps apt venv build install demo test test-engine test-python test-asan test-tsan test-versions bench bench-native clean
 
 deps: apt venv
 
@@ -46,7 +46,7 @@ install: deps
 demo: install
 	$(VPY) -m shardloop
 
-test: test-engine test-python test-asan
+test: test-engine test-python test-asan test-tsan
 test: test-integration conformance-gate
 
 test-engine: build
@@ -76,6 +76,14 @@ conformance-update: install conformance-deps
 
 conformance-gate: install conformance-deps
 	$(VPY) tests/conformance/run.py --gate
+
+# The engine's GoogleTest suite under ThreadSanitizer: the inbox, the
+# cross-shard rings and the runtime's sleep/wake protocol (no Python).
+test-tsan: deps
+	$(VENV)/bin/cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARDLOOP_BUILD_PYTHON=OFF \
+	  -DSHARDLOOP_BUILD_PERF=OFF -DCMAKE_CXX_FLAGS=-fsanitize=thread >/dev/null
+	$(VENV)/bin/ninja -C build-tsan -j $(JOBS)
+	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
 
 # The interpreter is not instrumented, so it preloads the ASan runtime; its
 # own allocations at exit are not ours to judge, hence no leak check there
@@ -133,4 +141,4 @@ bench-native: deps
 	$(VPY) perf/native/compare.py --bin-dir build-native/perf/native
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-tsan build-ft build-native

@@ -51,8 +51,7 @@ Loop::Loop() : inbox_(std::make_unique<Inbox>()) {
   uv_prepare_init(&uv_, &prepare_);
   uv_prepare_start(&prepare_, &Loop::on_prepare);
   uv_unref(reinterpret_cast<uv_handle_t*>(&prepare_));
-  uv_check_init(&uv_, &check_);
-  uv_check_start(&check_, &Loop::on_check);
+  uv_check_init(&uv_, &check_);  // started by set_hooks() when it is needed
   uv_unref(reinterpret_cast<uv_handle_t*>(&check_));
   uv_timer_init(&uv_, &deadline_);
   uv_idle_init(&uv_, &idle_);
@@ -94,8 +93,8 @@ void Loop::report_on_current(std::exception_ptr error) noexcept {
   print_error(error);
 }
 
-char* Loop::read_buffer() {
-  if (!read_buffer_) read_buffer_.reset(new char[kReadBufferSize]);
+char* Loop::make_read_buffer() {
+  read_buffer_.reset(new char[kReadBufferSize]);
   return read_buffer_.get();
 }
 
@@ -201,13 +200,17 @@ void Loop::run_once() {
   if (block_ || must_poll()) {
     uv_run(&uv_, block_ ? UV_RUN_ONCE : UV_RUN_NOWAIT);
     sleeping_.store(false, std::memory_order_relaxed);
-    last_poll_ = monotonic_now();
+    last_poll_ms_ = uv_now(&uv_);  // updated by libuv's poll: no clock read of our own
   }
   block_ = false;
   resume();
   // A signal hook may have aborted the run while libuv was dispatching.
   if (aborting_) return;
-  drain_inbox();
+  // Writers raise the flag after each push. Work whose flag is not up yet
+  // keeps on_prepare from blocking (it looks at the queue itself), so it
+  // is drained on the next iteration; an empty moodycamel drain costs
+  // ~40 instructions an iteration.
+  if (inbox_pending_.load(std::memory_order_acquire)) drain_inbox();
   if (feeder_.drain) {
     feeder_.drain(feeder_.ctx);
     if (aborting_) return;
@@ -251,12 +254,14 @@ void Loop::run_due_timers(double now, std::uint64_t limit) {
 // and a signal interrupts the callbacks' Python code by itself. Handles
 // opened straight on uv() count as I/O when they are referenced; for any
 // that are not, a poll still happens at least once a millisecond.
-bool Loop::must_poll() const noexcept {
+bool Loop::must_poll() noexcept {
   unsigned own = 1;  // async_
   if (uv_is_active(reinterpret_cast<const uv_handle_t*>(&deadline_))) ++own;
   if (uv_is_active(reinterpret_cast<const uv_handle_t*>(&idle_))) ++own;
   if (uv_.active_handles > own || uv_.active_reqs.count != 0 || uv_.closing_handles != nullptr) return true;
-  return monotonic_now() - last_poll_ > 1e-3;
+  // libuv's millisecond clock, the one last_poll_ms_ was taken from.
+  uv_update_time(&uv_);
+  return uv_now(&uv_) != last_poll_ms_;
 }
 
 void Loop::drain_inbox() {
@@ -300,6 +305,17 @@ void Loop::on_prepare(uv_prepare_t* handle) {
     self->waiting_ = true;
     if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);
   }
+}
+
+void Loop::set_hooks(const Hooks& hooks) noexcept {
+  hooks_ = hooks;
+  if (is_closed()) return;
+  // Only an embedder's after_wait needs the wait ended right after the
+  // poll; without one the check handle would only cost every iteration.
+  if (hooks_.after_wait)
+    uv_check_start(&check_, &Loop::on_check);
+  else
+    uv_check_stop(&check_);
 }
 
 void Loop::on_check(uv_check_t* handle) { static_cast<Loop*>(handle->data)->resume(); }

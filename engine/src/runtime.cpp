@@ -185,7 +185,9 @@ std::size_t Runtime::drain(Shard& sh, bool run) noexcept {
     else
       n += q->drain([](const Work& w) { w.discard(); });
   }
-  if (sh.foreign_pending.exchange(false, std::memory_order_acq_rel)) {
+  // Looked at before the exchange: a locked instruction every iteration
+  // is what a busy shard would otherwise pay for an empty queue.
+  if (sh.foreign_pending.load(std::memory_order_relaxed) && sh.foreign_pending.exchange(false, std::memory_order_acq_rel)) {
     Work batch[64];
     std::size_t got, taken = 0;
     while (taken < kForeignBatch && (got = sh.foreign.try_dequeue_bulk(batch, 64)) != 0) {

@@ -1,5 +1,8 @@
 #include "shardloop/tcp_stream.hpp"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <cstring>
 #include <new>
 #include <system_error>
@@ -47,6 +50,8 @@ TcpStream* TcpStream::open(Loop& loop, int fd, const Callbacks& callbacks, Kind 
   if (rc == 0) {
     self->handle_.handle.data = self;
     rc = kind == Kind::kTcp ? uv_tcp_open(&self->handle_.tcp, fd) : uv_pipe_open(&self->handle_.pipe, fd);
+    self->fd_ = fd;
+    self->direct_write_ = kind == Kind::kTcp;
     if (rc != 0) {
       self->release();  // closes the initialized handle; freed by libuv's callback
       throw std::system_error(-rc, std::generic_category(), kind == Kind::kTcp ? "uv_tcp_open" : "uv_pipe_open");
@@ -65,7 +70,7 @@ int TcpStream::read_start() {
       [](uv_handle_t* handle, std::size_t, uv_buf_t* buf) {
         auto* self = static_cast<TcpStream*>(handle->data);
         try {
-          *buf = uv_buf_init(self->loop_.read_buffer(), Loop::kReadBufferSize);
+          *buf = make_buf(self->loop_.read_buffer(), Loop::kReadBufferSize);
         } catch (const std::bad_alloc&) {
           *buf = uv_buf_init(nullptr, 0);  // libuv reports UV_ENOBUFS
         }
@@ -73,6 +78,8 @@ int TcpStream::read_start() {
       [](uv_stream_t* s, ssize_t nread, const uv_buf_t* buf) {
         auto* self = static_cast<TcpStream*>(s->data);
         if (nread == 0 || self->closed()) return;
+        // libuv now refuses writes on this stream (EPIPE): so must write().
+        if (nread < 0 && nread != UV_EOF) self->direct_write_ = false;
         self->loop_.resume();
         self->callbacks_.on_read(self->callbacks_.ctx, buf->base, nread);
       });
@@ -91,16 +98,29 @@ int TcpStream::write(const char* data, std::size_t len) {
   if (len == 0) return 0;
   // Order: nothing may overtake bytes already queued.
   if (queued_ == 0) {
-    uv_buf_t buf = make_buf(const_cast<char*>(data), len);
-    int n = uv_try_write(stream(), &buf, 1);
+    ssize_t n;
+    if (direct_write_) {
+      // What uv_try_write does for one buffer, errors included.
+      do n = ::write(fd_, data, len);
+      while (n < 0 && errno == EINTR);
+      if (n < 0) n = errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS ? UV_EAGAIN : -errno;
+    } else {
+      uv_buf_t buf = make_buf(const_cast<char*>(data), len);
+      n = uv_try_write(stream(), &buf, 1);
+    }
     if (n > 0) {
       data += n;
       len -= static_cast<std::size_t>(n);
       if (len == 0) return 0;
     } else if (n != UV_EAGAIN) {
-      return n;
+      return static_cast<int>(n);
     }
   }
+  return queue_write(data, len);
+}
+
+// Out of line: write()'s fast path then needs no stack frame to speak of.
+int TcpStream::queue_write(const char* data, std::size_t len) {
   WriteReq* req = WriteReq::make(this, data, len);
   uv_buf_t buf = make_buf(req->data, len);
   int rc = uv_write(&req->req, stream(), &buf, 1, [](uv_write_t* w, int status) {
@@ -123,6 +143,7 @@ int TcpStream::write(const char* data, std::size_t len) {
 int TcpStream::shutdown() {
   if (closed()) return UV_EBADF;
   shutdown_req_.data = this;
+  direct_write_ = false;  // libuv refuses writes from now on, and so must write()
   return uv_shutdown(&shutdown_req_, stream(), [](uv_shutdown_t* req, int status) {
     auto* self = static_cast<TcpStream*>(req->data);
     if (self->closed()) return;

@@ -33,7 +33,7 @@ def servers(bin_dir):
     if go:
         exe = os.path.join(bin_dir, "echo_go")
         res = subprocess.run([go, "build", "-o", exe, os.path.join(HERE, "echo_go.go")], capture_output=True, text=True,
-                             env=dict(os.environ, GOCACHE=os.path.join(bin_dir, "gocache"), GO111MODULE="off"))
+                             env=dict(os.environ, GOCACHE=os.path.abspath(os.path.join(bin_dir, "gocache")), GO111MODULE="off"))
         if res.returncode == 0:
             found.append(("Go (GOMAXPROCS=1)", [exe, "0"], dict(os.environ, GOMAXPROCS="1")))
         else:

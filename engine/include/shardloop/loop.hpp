@@ -86,7 +86,7 @@ class Loop {
   // every handle and the libuv loop. Throws std::logic_error while running.
   void close();
 
-  void set_hooks(const Hooks& hooks) noexcept { hooks_ = hooks; }
+  void set_hooks(const Hooks& hooks) noexcept;
   // Loop thread (or before the loop runs). An empty Feeder removes it.
   void set_feeder(const Feeder& feeder) noexcept { feeder_ = feeder; }
   // Any thread, while the loop is open: ends a blocking poll.
@@ -125,7 +125,7 @@ class Loop {
   // consumes the bytes before the next read starts, and one buffer stays
   // in cache where one per connection would not.
   static constexpr std::size_t kReadBufferSize = 256 * 1024;
-  char* read_buffer();
+  char* read_buffer() { return read_buffer_ ? read_buffer_.get() : make_read_buffer(); }
 
   std::size_t ready_count() const noexcept { return ready_.size(); }
   std::size_t timer_count() const noexcept { return timers_.size(); }
@@ -140,8 +140,9 @@ class Loop {
   static void on_async(uv_async_t* handle);
   static void on_signal_readable(uv_poll_t* handle, int status, int events);
 
+  char* make_read_buffer();
   void push_ready(Work work);
-  bool must_poll() const noexcept;
+  bool must_poll() noexcept;
   void arm_deadline(bool& block);
   void run_due_timers(double now, std::uint64_t limit);
   void drain_inbox();
@@ -177,7 +178,7 @@ class Loop {
   bool stopping_ = false;
   bool aborting_ = false;
   bool block_ = false;
-  double last_poll_ = 0;
+  std::uint64_t last_poll_ms_ = 0;  // uv_now() after the last poll
   bool waiting_ = false;
   std::atomic<bool> closed_{false};
 };

@@ -50,6 +50,7 @@ class TcpStream final : public OwnedHandle {
     if (callbacks_.on_close) callbacks_.on_close(callbacks_.ctx);
   }
   uv_stream_t* stream() noexcept { return &handle_.stream; }
+  [[gnu::noinline]] int queue_write(const char* data, std::size_t len);
 
   union {
     uv_handle_t handle;
@@ -60,7 +61,12 @@ class TcpStream final : public OwnedHandle {
   uv_shutdown_t shutdown_req_{};
   Callbacks callbacks_;
   std::size_t queued_ = 0;
+  int fd_ = -1;
   bool reading_ = false;
+  // write() may call write(2) itself while nothing is queued: a TCP stream
+  // that libuv still counts writable (no shutdown, no read error). Saves
+  // uv_try_write's checks and iovec set-up on every echo.
+  bool direct_write_ = false;
 };
 
 }  // namespace shardloop
