@@ -59,7 +59,7 @@ test-python: install
 test-integration: install
 	cd tests && ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/integration
 
-# CPython's own test_asyncio on shardloop, uvloop and asyncio (tests/conformance/README_SECTION.md).
+# CPython's own test_asyncio on shardloop, uvloop and asyncio (README: Conformance).
 # The `test` package ships with python.org/pyenv builds; Debian splits it off.
 .PHONY: conformance conformance-update conformance-gate conformance-deps test-integration
 conformance-deps: deps
