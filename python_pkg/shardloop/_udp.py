@@ -235,6 +235,7 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
         self._paused = False
         self._reading = False  # reader registered
         self._writing = False  # writer registered
+        loop._own_fd(self._sock_fd, self)  # add_reader & co. refuse it, as asyncio's do
         loop.call_soon(protocol.connection_made, self)
         # Reading starts only after connection_made() has run.
         loop.call_soon(self._start_reading)
@@ -415,6 +416,7 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
             self._stop_reading()
             self._stop_writing()
             if self._sock is not None:
+                self._loop._disown_fd(self._sock_fd, self)
                 self._sock.close()
                 self._sock = None
             self._protocol = None

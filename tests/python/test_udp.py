@@ -910,3 +910,18 @@ def test_cancelled_while_creating(loop):
         await spin()
 
     run(loop, main())
+
+
+def test_add_reader_on_a_datagram_transports_fd_is_refused(loop):
+    async def main():
+        transport, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        fd = transport.get_extra_info("socket").fileno()
+        try:
+            with pytest.raises(RuntimeError, match="is used by transport"):
+                loop.add_reader(fd, lambda: None)
+        finally:
+            transport.close()
+        await asyncio.sleep(0.01)
+        return fd
+
+    run(loop, main())
