@@ -47,9 +47,9 @@ PARTS = {
 # part when its issue lands.
 PENDING = {
     "shards": "sharded runs (1..N shards, cross-shard messages/s, wake-up latency, scaling plot): "
-              "no thread-per-core runtime yet (issue #6)",
+              "not in bench.py yet; perf/shards_bench.py and perf/shards_micro.py measure them (issue #6)",
     "native": "native C++ echo/HTTP servers vs Node.js, Go and a plain C epoll server: "
-              "no C++ server API yet (issue #6)",
+              "not in bench.py yet; `make bench-native` runs them (issue #6)",
 }
 
 
