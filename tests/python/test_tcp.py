@@ -2450,3 +2450,43 @@ def test_loop_closed_with_open_transports(loop):
         print("done")
         """)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), child_report(proc)
+
+
+def test_2000_connections_open_at_once(loop):
+    """2,000 client connections (4,000 sockets in this process) all open at
+    the same time, then each echoes its own message."""
+    import resource
+
+    n = 2000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2 * n + 200:
+        if hard != resource.RLIM_INFINITY and hard < 2 * n + 200:
+            pytest.skip(f"needs {2 * n + 200} descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2 * n + 200, hard))
+
+    async def main():
+        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0, backlog=n)
+        try:
+            port = server.sockets[0].getsockname()[1]
+            limit = asyncio.Semaphore(200)  # connect in waves, keep them all open
+
+            async def connect():
+                async with limit:
+                    return await asyncio.open_connection("127.0.0.1", port)
+
+            pairs = await asyncio.gather(*(connect() for _ in range(n)))
+            for i, (_, writer) in enumerate(pairs):
+                writer.write(b"<%d>" % i)
+                writer.write_eof()
+            replies = await asyncio.gather(*(reader.read() for reader, _ in pairs))
+            for _, writer in pairs:
+                writer.close()
+            return replies
+        finally:
+            await close_server(server)
+
+    try:
+        replies = run(loop, main(), BIG)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert replies == [b"<%d>" % i for i in range(n)]
