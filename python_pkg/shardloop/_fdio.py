@@ -139,25 +139,22 @@ class FdIOMixin:
         if transport is not None and not transport.is_closing():
             raise RuntimeError(f"File descriptor {fd!r} is used by transport {transport!r}")
 
-    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+    def _unowned_fileno(self, fd: Any) -> int:
         fileno = _fileobj_to_fd(fd)
         self._ensure_fd_no_transport(fd, fileno)
-        self._add_reader(fileno, callback, *args)
+        return fileno
+
+    def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
+        self._add_reader(self._unowned_fileno(fd), callback, *args)
 
     def remove_reader(self, fd: Any) -> bool:
-        fileno = _fileobj_to_fd(fd)
-        self._ensure_fd_no_transport(fd, fileno)
-        return self._remove_reader(fileno)
+        return self._remove_reader(self._unowned_fileno(fd))
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        fileno = _fileobj_to_fd(fd)
-        self._ensure_fd_no_transport(fd, fileno)
-        self._add_writer(fileno, callback, *args)
+        self._add_writer(self._unowned_fileno(fd), callback, *args)
 
     def remove_writer(self, fd: Any) -> bool:
-        fileno = _fileobj_to_fd(fd)
-        self._ensure_fd_no_transport(fd, fileno)
-        return self._remove_writer(fileno)
+        return self._remove_writer(self._unowned_fileno(fd))
 
     # -- sock_*: try at once; if the kernel says "later", wait for readiness.
 
