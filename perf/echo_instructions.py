@@ -41,7 +41,6 @@ def run_once(loadgen, loop, server, size, duration, connections, tls=None):
     """(instructions, requests) of one server process: all of its run,
     start-up included, and the requests the load generator completed.
     tls: None, or the (cert, key) of a TLS server."""
-    out_dir = tempfile.mkdtemp(prefix="echo-instr-")
     if tls:
         server_argv = tls_bench.server_argv(loop, server, *tls)
         loadgen_tls = ["--tls", "--tls-ca", tls[0]]
@@ -49,19 +48,25 @@ def run_once(loadgen, loop, server, size, duration, connections, tls=None):
         server_argv = [sys.executable, os.path.join(echo_bench.SERVERS_DIR, echo_bench.SERVERS[server]),
                        "--loop", loop, "--port", "0"]
         loadgen_tls = []
+    return run_argv(loadgen, server_argv, size, duration, connections, loadgen_tls)
+
+
+def run_argv(loadgen, server_argv, size, duration, connections, loadgen_args=()):
+    """run_once for any server command that prints READY <port>."""
+    out_dir = tempfile.mkdtemp(prefix="echo-instr-")
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", *server_argv]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         port = None
         for line in proc.stdout:
-            m = re.match(r"READY (\d+)", line)
+            m = re.search(r"READY (\d+)", line)
             if m:
                 port = int(m.group(1))
                 break
         if port is None:
-            raise RuntimeError(f"{loop} {server}: the server did not start")
+            raise RuntimeError(f"{server_argv}: the server did not start")
         gen = subprocess.run([loadgen, "--port", str(port), "--connections", str(connections),
-                              "--size", str(size), "--duration", str(duration), "--warmup", "0", *loadgen_tls],
+                              "--size", str(size), "--duration", str(duration), "--warmup", "0", *loadgen_args],
                              stdout=subprocess.PIPE, text=True, check=True)
         result = json.loads(gen.stdout.strip().splitlines()[-1])
     finally:

@@ -56,15 +56,6 @@ std::uint16_t bound_port(int fd) {
   return ntohs(ss.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port : reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
 }
 
-template <typename F>
-void guarded(Loop& loop, F&& f) noexcept {
-  try {
-    f();
-  } catch (...) {
-    loop.report_error(std::current_exception());
-  }
-}
-
 constexpr int kAcceptBatch = 64;
 
 }  // namespace
@@ -144,72 +135,16 @@ struct TcpServer::Shared {
   }
 
   static void start(Listener& l, int fd) noexcept {
-    auto* c = new (std::nothrow) Connection();
-    if (!c) {
-      ::close(fd);
-      return;
-    }
-    c->handlers_ = &l.owner->handlers;
-    c->loop_ = l.loop;
-    c->shard_ = l.shard;
+    Connection* c;
     try {
-      c->stream_ = TcpStream::open(*l.loop, fd, TcpStream::Callbacks{c, &on_read, &on_write, &on_shutdown, &on_closed});
+      c = Connection::open(*l.loop, fd, &l.owner->handlers, l.shard);  // closes fd on failure
     } catch (...) {
-      delete c;
       l.loop->report_error(std::current_exception());
       return;
     }
-    if (c->handlers_->on_connection) guarded(*c->loop_, [&] { c->handlers_->on_connection(*c); });
-    if (!c->closed_) {
-      int rc = c->stream_->read_start();
-      if (rc < 0) {
-        c->error_ = rc;
-        c->close();
-      }
-    }
-  }
-
-  static void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
-    auto* c = static_cast<Connection*>(ctx);
-    if (nread > 0) {
-      if (c->handlers_->on_data) guarded(*c->loop_, [&] { c->handlers_->on_data(*c, data, static_cast<std::size_t>(nread)); });
-    } else if (nread == UV_EOF && c->handlers_->on_eof) {
-      guarded(*c->loop_, [&] { c->handlers_->on_eof(*c); });
-    } else {
-      if (nread != UV_EOF) c->error_ = static_cast<int>(nread);
-      c->close();
-    }
-  }
-
-  static void on_write(void* ctx, int status, std::size_t) noexcept {
-    auto* c = static_cast<Connection*>(ctx);
-    if (status < 0 && !c->closed_) {
-      c->error_ = status;
-      c->close();
-    }
-  }
-
-  static void on_shutdown(void*, int) noexcept {}
-
-  // However the stream closes (close(), an error, the loop closing).
-  static void on_closed(void* ctx) noexcept {
-    auto* c = static_cast<Connection*>(ctx);
-    c->closed_ = true;
-    c->stream_->release();  // freed once libuv is done with the handle
-    if (c->handlers_->on_close) guarded(*c->loop_, [&] { c->handlers_->on_close(*c); });
-    // A handler may still hold the reference it was called with: freed on
-    // the next iteration (or now, when the loop is closing).
-    if (c->loop_->is_closed()) {
-      delete c;
-      return;
-    }
-    c->loop_->call_soon(Work{[](void* p, bool) noexcept { delete static_cast<Connection*>(p); }, c});
+    c->start();
   }
 };
-
-void Connection::close() noexcept {
-  if (!closed_) stream_->close();
-}
 
 std::shared_ptr<TcpServer> TcpServer::listen(Runtime& rt, const Options& options, TcpHandlers handlers) {
   auto shared = std::make_shared<Shared>();

@@ -29,29 +29,8 @@ using shardloop::TcpServer;
 using shardloop::Timer;
 using shardloop_test::Latch;
 using shardloop_test::Watchdog;
-
-int connect_to(std::uint16_t port) {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
-bool read_exactly(int fd, std::string& out, std::size_t n) {
-  char buf[4096];
-  while (out.size() < n) {
-    ssize_t got = ::read(fd, buf, std::min(sizeof buf, n - out.size()));
-    if (got <= 0) return false;
-    out.append(buf, static_cast<std::size_t>(got));
-  }
-  return true;
-}
+using shardloop_test::connect_to;
+using shardloop_test::read_exactly;
 
 Runtime::Options two_shards() {
   Runtime::Options o;

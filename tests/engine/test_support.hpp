@@ -2,7 +2,14 @@
 // picks up *_test.cpp).
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
@@ -88,5 +95,30 @@ class Latch {
   std::condition_variable cv_;
   bool set_ = false;
 };
+
+// A blocking client socket connected to 127.0.0.1:port, or -1.
+inline int connect_to(std::uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Reads until `out` holds n bytes; false on EOF or error first.
+inline bool read_exactly(int fd, std::string& out, std::size_t n) {
+  char buf[4096];
+  while (out.size() < n) {
+    ssize_t got = ::read(fd, buf, std::min(sizeof buf, n - out.size()));
+    if (got <= 0) return false;
+    out.append(buf, static_cast<std::size_t>(got));
+  }
+  return true;
+}
 
 }  // namespace shardloop_test
