@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """shardloop vs uvloop vs asyncio, every benchmark in one run: micro-
 benchmarks, instructions per op (callgrind), echo servers (plain and TLS)
-under a C++ load generator, HTTP servers under wrk. Writes Markdown tables,
-PNG plots and the raw JSON (perf/results/ by default); progress goes to
-stderr.
+under a C++ load generator, HTTP servers under wrk, the sharded echo server
+and cross-shard messaging, the native C++ servers against C, Go and Node.js.
+Writes Markdown tables, PNG plots and the raw JSON (perf/results/ by
+default); progress goes to stderr.
 
-    python perf/bench.py                     # full run into perf/results/ (~7 min)
+    python perf/bench.py                     # full run into perf/results/ (~10 min)
     python perf/bench.py --quick --json x.json   # smoke test: seconds per part
     python perf/bench.py --only echo --duration 5 --out /tmp/r
 
@@ -30,7 +31,9 @@ import http_bench  # noqa: E402
 import instructions  # noqa: E402
 import micro  # noqa: E402
 import report  # noqa: E402
+import shards_bench  # noqa: E402
 import tls_bench  # noqa: E402
+from native import compare as native_compare  # noqa: E402
 
 RESULTS_DIR = os.path.join(HERE, "results")
 SCHEMA = 1
@@ -42,15 +45,12 @@ PARTS = {
     "echo": echo_bench,
     "tls": tls_bench,
     "http": http_bench,
+    "shards": shards_bench,
+    "native": native_compare,
 }
-# Parts that need shardloop features still to come; each turns into a real
-# part when its issue lands.
-PENDING = {
-    "shards": "sharded runs (1..N shards, cross-shard messages/s, wake-up latency, scaling plot): "
-              "not in bench.py yet; perf/shards_bench.py and perf/shards_micro.py measure them (issue #6)",
-    "native": "native C++ echo/HTTP servers vs Node.js, Go and a plain C epoll server: "
-              "not in bench.py yet; `make bench-native` runs them (issue #6)",
-}
+# Parts that need shardloop features still to come, name -> why (with the
+# issue that brings it); each turns into a real part when its issue lands.
+PENDING = {}
 
 
 def log(msg):
@@ -239,7 +239,8 @@ def main(argv=None):
             json.dump(doc, f, indent=1)
             f.write("\n")
     log(f"done in {fmt_duration(doc['elapsed_s'])}" + (f"; results in {out_dir}" if out_dir else ""))
-    errors = [(n, b, l) for n, p in parts.items() for b, row in p.get("results", {}).items()
+    tables = [t for p in parts.values() for t in (p, p.get("cross_shard", {}))]
+    errors = [(b, l) for t in tables for b, row in t.get("results", {}).items()
               for l, c in row.items() if "error" in c]
     return 1 if errors else 0
 

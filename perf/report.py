@@ -4,10 +4,18 @@ an old run: python perf/report.py perf/results/latest.json"""
 
 import os
 import sys
+import textwrap
 
 REFERENCES = ("uvloop", "asyncio")
-COLORS = {"shardloop": "#d62728", "uvloop": "#1f77b4", "asyncio": "#7f7f7f"}
+COLORS = {"shardloop": "#d62728", "uvloop": "#1f77b4", "asyncio": "#7f7f7f",
+          "shardloop native": "#d62728", "plain C epoll": "#7f7f7f", "Go": "#17becf", "Node.js": "#2ca02c"}
+# For columns without a colour of their own (shard counts, interpreters).
+PALETTE = ("#d62728", "#1f77b4", "#2ca02c", "#7f7f7f", "#9467bd")
 PERCENTILES = ("p50", "p99", "p99.9")
+
+
+def color(column, i):
+    return COLORS.get(column, PALETTE[i % len(PALETTE)])
 
 
 def ratio_pairs(loops):
@@ -26,6 +34,12 @@ def fmt_value(v):
     if v >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"
+
+
+def fmt_cpu(us):
+    """CPU µs per request: two decimals below 10 µs, where the native
+    servers' figures differ by tenths."""
+    return f"{us:.2f}" if us < 10 else f"{us:.1f}"
 
 
 def fmt_cell(cell, key=None):
@@ -64,6 +78,38 @@ def cell_notes(part):
     return [f"- {kind}: {why} ({n} cell{'s' if n > 1 else ''})" for (kind, why), n in reasons.items()]
 
 
+def columns_of(part, loops):
+    """What a part's cells are keyed by: the loops, or the part's own
+    columns (servers, shard counts), with its own ratio pairs."""
+    if "columns" in part:
+        return part["columns"], [tuple(p) for p in part.get("ratios", [])]
+    return loops, ratio_pairs(loops)
+
+
+def shards_markdown(part):
+    """The shards part's extras: how the connections spread, and the
+    cross-shard messaging table."""
+    out = []
+    spread = [[b] + [str(row[c].get("connections_per_shard", "—")) if c in row else "—" for c in part["columns"]]
+              for b, row in part["results"].items() if any("value" in c for c in row.values())]
+    if spread:
+        out += [f"### {part['title']}: connections accepted per shard", "",
+                table(["benchmark"] + part["columns"], spread, numeric=False), ""]
+    cross = part.get("cross_shard")
+    if cross and cross["results"]:
+        def show(c):
+            text = fmt_value(c["value"])
+            return text + (f" ({c['cpu_us_per_op']:.1f})" if "cpu_us_per_op" in c else "")
+        out += [f"### {part['title']}: cross-shard messaging", "", cross["description"] + ".", ""]
+        rows = [[b] + [fmt_cell(row.get(c), show) for c in cross["columns"]] + [cross["units"].get(b, "")]
+                for b, row in cross["results"].items()]
+        out += [table(["benchmark"] + cross["columns"] + ["unit"], rows), ""]
+        notes = cell_notes(cross)
+        if notes:
+            out += notes + [""]
+    return out
+
+
 def part_markdown(name, part, loops):
     out = [f"## {part['title']} ({part['unit']})", ""]
     if part.get("status") == "skipped":
@@ -77,7 +123,7 @@ def part_markdown(name, part, loops):
         out.append("")
     results = part["results"]
     hib = part["higher_is_better"]
-    pairs = ratio_pairs(loops)
+    loops, pairs = columns_of(part, loops)
     head = ["benchmark"] + loops + [f"{a} vs {b}" for a, b in pairs]
     rows = []
     for bench, row in results.items():
@@ -92,12 +138,14 @@ def part_markdown(name, part, loops):
         out += [table(["benchmark"] + loops, [[b] + [fmt_cell(row.get(l), lat) for l in loops]
                                               for b, row in results.items()]), ""]
         out += [f"### {part['title']}: server CPU per request (µs, user / system)", ""]
-        cpu = lambda c: f"{c['cpu_us_per_request']['user']:.1f} / {c['cpu_us_per_request']['sys']:.1f}"  # noqa: E731
+        cpu = lambda c: " / ".join(fmt_cpu(c["cpu_us_per_request"][k]) for k in ("user", "sys"))  # noqa: E731
         out += [table(["benchmark"] + loops, [[b] + [fmt_cell(row.get(l), cpu) for l in loops]
                                               for b, row in results.items()]), ""]
     notes = cell_notes(part)
     if notes:
         out += notes + [""]
+    if name == "shards":
+        out += shards_markdown(part)
     if part.get("plots"):
         out += [f"![{p}]({p})" for p in part["plots"]] + [""]
     return out
@@ -157,12 +205,15 @@ def bar_plot(part, loops, path):
     plt, fig, axes = _figure(len(benches))
     for ax, bench in zip(axes, benches):
         row = part["results"][bench]
-        values = [row.get(l, {}).get("value", 0) for l in loops]
-        bars = ax.bar(range(len(loops)), values, color=[COLORS.get(l, "#2ca02c") for l in loops])
-        for bar, l, v in zip(bars, loops, values):
-            label = fmt_value(v) if v else fmt_cell(row.get(l)) if row.get(l) else "—"
+        # Only the columns this benchmark has (the native HTTP row has one
+        # server); colours keep to the column's place in the whole part.
+        shown = [(i, l) for i, l in enumerate(loops) if l in row]
+        values = [row[l].get("value", 0) for _, l in shown]
+        bars = ax.bar(range(len(shown)), values, color=[color(l, i) for i, l in shown])
+        for bar, (_, l), v in zip(bars, shown, values):
+            label = fmt_value(v) if v else fmt_cell(row[l])
             ax.annotate(label, (bar.get_x() + bar.get_width() / 2, v), ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(range(len(loops)), loops, fontsize=8)
+        ax.set_xticks(range(len(shown)), [textwrap.fill(l, 10) for _, l in shown], fontsize=8)
         ax.set_title(bench, fontsize=9)
         ax.yaxis.set_major_formatter(FuncFormatter(short))
         ax.tick_params(axis="y", labelsize=7)
@@ -187,7 +238,7 @@ def latency_plot(part, loops, path):
             lat = row.get(l, {}).get("latency_us")
             if lat:
                 xs = [k + (i - (len(loops) - 1) / 2) * width for k in range(len(PERCENTILES))]
-                ax.bar(xs, [lat[p] for p in PERCENTILES], width, color=COLORS.get(l, "#2ca02c"), label=l)
+                ax.bar(xs, [lat[p] for p in PERCENTILES], width, color=color(l, i), label=l)
         ax.set_yscale("log")
         # Plain numbers: "2 x 10^2"-style labels are hard to read at a glance.
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
@@ -208,6 +259,38 @@ def latency_plot(part, loops, path):
     return True
 
 
+def scaling_plot(part, _columns, path):
+    """Shards: req/s and server CPU per request against the shard count, one
+    line per interpreter (CPU: total solid, user dashed)."""
+    lines = {}
+    for bench, row in part["results"].items():
+        cells = sorted((c for c in row.values() if "value" in c), key=lambda c: c["shards"])
+        if cells:
+            lines[bench.removeprefix("echo, ")] = cells
+    if not lines:
+        return False
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+    plt, fig, (rps, cpu) = _figure(2)
+    for i, (label, cells) in enumerate(lines.items()):
+        c = PALETTE[i % len(PALETTE)]
+        xs = [c["shards"] for c in cells]
+        rps.plot(xs, [c["value"] for c in cells], "o-", color=c, label=label)
+        per = [c["cpu_us_per_request"] for c in cells]
+        cpu.plot(xs, [p["user"] + p["sys"] for p in per], "o-", color=c, label=label)
+        cpu.plot(xs, [p["user"] for p in per], "o--", color=c, alpha=0.6)
+    for ax, title in ((rps, "req/s (higher is better)"), (cpu, "server CPU µs/request\n(total; user dashed)")):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("shards", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_formatter(FuncFormatter(short))
+        ax.tick_params(labelsize=7)
+        ax.set_ylim(bottom=0)
+        ax.margins(y=0.15)
+    rps.legend(fontsize=6)
+    _save(plt, fig, f"{part['title']}: sharded echo server scaling", path)
+    return True
+
+
 def plots(doc, out_dir):
     """Writes the PNGs next to the Markdown and records their names in each
     part's "plots"; returns None, or why there are no plots."""
@@ -215,12 +298,12 @@ def plots(doc, out_dir):
         import matplotlib  # noqa: F401
     except ImportError:
         return "matplotlib is not installed (pip install matplotlib)"
-    loops = doc["settings"]["loops"]
     for name, part in doc["parts"].items():
         if part.get("status") != "ran":
             continue
+        loops = columns_of(part, doc["settings"]["loops"])[0]
         made = []
-        for suffix, draw in (("", bar_plot), ("_latency", latency_plot)):
+        for suffix, draw in (("", scaling_plot if name == "shards" else bar_plot), ("_latency", latency_plot)):
             png = f"{name}{suffix}.png"
             path = os.path.join(out_dir, png)
             if draw(part, loops, path):

@@ -16,7 +16,9 @@ figure that says the shards do not get in each other's way.
 
 Each interpreter must import shardloop (installed in its venv, or
 `--python LABEL=PYTHON,PYTHONPATH`). The server side of this file runs as
-`PYTHON perf/shards_bench.py --serve --shards N`.
+`PYTHON perf/shards_bench.py --serve --shards N`. `part()` is bench.py's
+`shards` part: these cells plus shards_micro.py's submit_to and the native
+cross-shard figures.
 """
 
 import argparse
@@ -82,18 +84,19 @@ def describe(python, env):
 def interpreters(specs):
     """[(label, python, env)] from LABEL=PYTHON[,PYTHONPATH] specs; by
     default this interpreter and .venv-3.13t's when it exists."""
-    if not specs:
-        specs = [f"this={sys.executable}"]
-        if os.path.exists(FT_VENV_PYTHON) and os.path.realpath(FT_VENV_PYTHON) != os.path.realpath(sys.executable):
-            specs.append(f"3.13t={FT_VENV_PYTHON}")
     out = []
-    for spec in specs:
+    for spec in specs or [f"this={sys.executable}"]:
         label, _, rest = spec.partition("=")
         python, _, path = rest.partition(",")
         env = dict(os.environ)
         if path:
             env["PYTHONPATH"] = os.path.abspath(path)
         out.append((label, python or label, env))
+    if not specs and os.path.exists(FT_VENV_PYTHON) and \
+            os.path.realpath(FT_VENV_PYTHON) != os.path.realpath(sys.executable):
+        # Its own install, not this interpreter's PYTHONPATH (e.g. build/pkg):
+        # that would shadow it with an extension built for another ABI.
+        out.append(("3.13t", FT_VENV_PYTHON, {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}))
     return out
 
 
@@ -144,6 +147,141 @@ def measure(cfg, shard_counts, specs, log=lambda msg: print(msg, file=sys.stderr
             else:
                 log(f"    ERROR: {row['error']}")
     return rows
+
+
+# --- bench.py's `shards` part --------------------------------------------------
+
+MICRO = os.path.join(HERE, "shards_micro.py")
+# shards_micro.py's submit_to cases: (repeats, round trips per repeat).
+MICRO_FULL = (3, 5000)
+MICRO_QUICK = (1, 300)
+NATIVE = "native C++"
+
+
+def shard_label(n):
+    return f"{n} shard" + ("s" if n > 1 else "")
+
+
+def micro_cells(python, env, quick):
+    """shards_micro.py's submit_to cases in a fresh `python`:
+    {"submit_to (runtime)": cell, ...}, each cell round trips/s."""
+    import tempfile
+
+    repeat, n = MICRO_QUICK if quick else MICRO_FULL
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        res = subprocess.run([python, MICRO, "--repeat", str(repeat), "--round-trips", str(n), "--only", "submit_to",
+                              "--json", out.name], capture_output=True, text=True, env=env, timeout=300)
+        if res.returncode != 0:
+            raise RuntimeError(f"shards_micro.py exited with {res.returncode}: {res.stderr.strip()[-300:]}")
+        doc = json.load(out)
+    return {f"{r['case']} ({r['path']})": {"value": r["ops_per_s"], "ops": r["ops"],
+                                           "cpu_us_per_op": 1e6 * r["cpu_seconds"] / r["ops"]}
+            for r in sorted(doc["results"], key=lambda r: (r["case"], r["path"] != "runtime"))}
+
+
+def native_cells(quick):
+    """cross_shard_bench's figures as cells of the NATIVE column."""
+    from native import compare
+
+    bin_dir, why = compare.prepare(quick)
+    if why:
+        return {name: {"skipped": why} for name in ("Runtime::post", "wake-up latency p50", "wake-up latency p99")}
+    r = compare.cross_shard(bin_dir, quick)
+    if "error" in r:
+        return {"Runtime::post": {"error": r["error"]}}
+    lat = r["wake_latency_us"]
+    return {"Runtime::post": {"value": r["messages_per_s"], "messages": r["messages"], "pinned": r["pinned"]},
+            "wake-up latency p50": {"value": lat["p50"], "samples": lat["samples"]},
+            "wake-up latency p99": {"value": lat["p99"], "samples": lat["samples"], "max": lat["max"]}}
+
+
+def part(cfg, loops, skipped_loops, add_step, shard_counts=(1, 2)):
+    """The sharded echo server per interpreter and shard count (results),
+    and cross-shard messaging (cross_shard: Python's submit_to per
+    interpreter, the native Runtime's messages/s and wake-up latency)."""
+    import echo_bench
+    import serverproc
+
+    result = {
+        "title": "Shards",
+        "unit": "req/s",
+        "higher_is_better": True,
+        "description": (f"`shardloop.run(main(), shards=N)` serving `asyncio.start_server(..., reuse_port=True)` "
+                        f"echo, {SIZE} B, closed loop, {cfg.connections} connections, {cfg.duration:g} s measured "
+                        f"after {cfg.warmup:g} s warm-up; server and load generator not pinned "
+                        f"({len(os.sched_getaffinity(0))} usable CPUs), so req/s is how the machine shares its "
+                        "CPUs and CPU per request is the figure that shows shards getting in each other's way"),
+        "columns": [shard_label(n) for n in shard_counts],
+        "ratios": [[shard_label(n), shard_label(shard_counts[0])] for n in shard_counts[1:]],
+        "results": {},
+        "notes": [],
+    }
+    if "shardloop" not in loops or "shardloop" in skipped_loops:
+        result.update(status="skipped", reason=skipped_loops.get("shardloop", "shardloop is not among --loops"))
+        return result
+    try:
+        loadgen = echo_bench.build_loadgen()
+    except RuntimeError as e:
+        result.update(status="skipped", reason=str(e))
+        return result
+    result["status"] = "ran"
+    specs = interpreters(None)
+    if not os.path.exists(FT_VENV_PYTHON):
+        result["notes"].append(f"free-threaded CPython: skipped, no {os.path.relpath(FT_VENV_PYTHON, ROOT)} "
+                               "(`make test-ft` makes it)")
+    micro_columns = []
+    cross = {}
+    for label, python, env in specs:
+        try:
+            version, ft = describe(python, env)
+        except Exception as e:  # noqa: BLE001 - reported, the others still run
+            result["notes"].append(f"{label} ({python}): skipped, it cannot import shardloop: {e}")
+            continue
+        name = f"{label}: CPython {version}, {'free-threaded' if ft else 'GIL'}"
+        row = result["results"].setdefault(f"echo, {name}", {})
+        for n in shard_counts:
+            def step(row=row, n=n, python=python, env=env):
+                c = serverproc.guarded_cell("shardloop", "sharded serving is not supported",
+                                            lambda: cell(loadgen, python, env, n, cfg))
+                c["shards"] = n
+                base = row.get(shard_label(shard_counts[0]), {})
+                if "value" in c and base.get("value"):
+                    c["vs_1_shard"] = c["value"] / base["value"]
+                row[shard_label(n)] = c
+                return c
+
+            add_step(f"shards echo {label} x{n}", cfg.warmup + cfg.duration + 1.5, step)
+        micro_columns.append(name)
+
+        def micro_step(name=name, python=python, env=env):
+            try:
+                cells = micro_cells(python, env, cfg.quick)
+            except Exception as e:  # noqa: BLE001
+                cells = {"submit_to (runtime)": {"error": f"{type(e).__name__}: {e}"}}
+            for bench, c in cells.items():
+                cross.setdefault(bench, {})[name] = c
+            return cells.get("submit_to (runtime)")
+
+        add_step(f"shards submit_to {label}", 3.0 if cfg.quick else 25.0, micro_step)
+
+    def native_step():
+        for bench, c in native_cells(cfg.quick).items():
+            cross.setdefault(bench, {})[NATIVE] = c
+        return cross["Runtime::post"][NATIVE]
+
+    add_step("shards native cross-shard", 1.0 if cfg.quick else 10.0, native_step)
+    result["cross_shard"] = {
+        "description": ("two shards; submit_to: round trips/s, a call on shard 1 and its result back on shard 0 "
+                        "(`runtime` as shipped, `inbox` the same over call_soon_threadsafe; x64: 64 in flight), "
+                        "CPU µs per round trip in brackets; Runtime::post: messages/s from shard 0 to 1 "
+                        "(C++, pinned); wake-up latency: µs from a post to a sleeping shard until it runs"),
+        "columns": micro_columns + [NATIVE],
+        "units": {"submit_to (runtime)": "round trips/s", "submit_to (inbox)": "round trips/s",
+                  "submit_to x64 (runtime)": "round trips/s", "submit_to x64 (inbox)": "round trips/s",
+                  "Runtime::post": "messages/s", "wake-up latency p50": "µs", "wake-up latency p99": "µs"},
+        "results": cross,
+    }
+    return result
 
 
 def markdown(rows, cfg, load_before, load_after):

@@ -1,8 +1,9 @@
 """perf/bench.py --quick runs end to end and writes the documented JSON.
 
 A harness check, not a measurement: no figure is compared with anything.
-Parts whose tools are missing (valgrind, wrk, g++) must be reported as
-skipped, with a reason, rather than fail the run.
+Parts whose tools are missing (valgrind, wrk, g++, go, node, .venv-3.13t,
+the native binaries in build-native, which --quick does not build) must be
+reported as skipped, with a reason, rather than fail the run.
 """
 
 import json
@@ -49,22 +50,30 @@ def test_json_structure(quick_run):
     assert list(doc["settings"]["loops"]) == list(LOOPS)
     for key in ("date", "cpu", "cores", "kernel", "python", "libuv (shardloop)"):
         assert key in doc["environment"]
-    assert {"micro", "instructions", "echo", "http", "tls"} <= set(doc["parts"])
-    assert set(doc["parts"]) | set(doc["pending"]) == {"micro", "instructions", "echo", "http", "tls",
-                                                        "shards", "native"}
+    assert set(doc["parts"]) == {"micro", "instructions", "echo", "http", "tls", "shards", "native"}
+    assert doc["pending"] == {}
     for name, part in doc["parts"].items():
         assert {"title", "unit", "higher_is_better", "status", "results"} <= set(part), name
         if part["status"] == "skipped":
             assert part["reason"], name
             continue
-        for bench, row in part["results"].items():
-            for loop, cell in row.items():
-                assert loop in LOOPS
-                # Exactly one of: a figure, a reason for skipping, an error.
-                assert len({"value", "skipped", "error"} & set(cell)) == 1, (name, bench, loop, cell)
-    # Each pending part is named with the issue that brings it.
-    assert not set(doc["pending"]) & set(doc["parts"])
-    assert all("issue #" in why for why in doc["pending"].values())
+        # Cells are keyed by loop, or by the part's own columns (servers,
+        # shard counts) when it has them.
+        assert_cells(part, part.get("columns", LOOPS), name)
+
+
+def assert_cells(table, columns, name):
+    for bench, row in table["results"].items():
+        for column, cell in row.items():
+            assert column in columns, (name, bench, column)
+            # Exactly one of: a figure, a reason for skipping, an error.
+            assert len({"value", "skipped", "error"} & set(cell)) == 1, (name, bench, column, cell)
+
+
+def assert_server_cell(cell):
+    assert cell["requests"] > 0
+    assert set(cell["latency_us"]) >= {"p50", "p99", "p99.9"}
+    assert set(cell["cpu_us_per_request"]) == {"user", "sys"}
 
 
 def test_micro_has_shardloop_figures(quick_run):
@@ -83,11 +92,65 @@ def test_echo_cells_measured_or_explained(quick_run):
     for bench, row in echo["results"].items():
         for loop, cell in row.items():
             if "value" in cell:
-                assert cell["requests"] > 0
-                assert set(cell["latency_us"]) >= {"p50", "p99", "p99.9"}
-                assert set(cell["cpu_us_per_request"]) == {"user", "sys"}
+                assert_server_cell(cell)
             else:
                 assert "skipped" in cell, (bench, loop, cell)  # an error would have failed test_exits_cleanly
+
+
+def test_shards_part(quick_run):
+    _, result, _ = quick_run
+    shards = json.loads(result.read_text())["parts"]["shards"]
+    if shards["status"] == "skipped":
+        pytest.skip(shards["reason"])
+    assert shards["columns"] == ["1 shard", "2 shards"]
+    assert shards["ratios"] == [["2 shards", "1 shard"]]
+    # This interpreter always has a row; .venv-3.13t's has one or a note.
+    this = [row for bench, row in shards["results"].items() if bench.startswith("echo, this: CPython")]
+    assert len(this) == 1
+    for row in shards["results"].values():
+        for column, cell in row.items():
+            assert cell["shards"] == int(column.split()[0])
+            if "value" in cell:
+                assert_server_cell(cell)
+                assert len(cell["connections_per_shard"]) == cell["shards"]
+                assert sum(cell["connections_per_shard"]) > 0
+                if cell["shards"] > 1 and "value" in row["1 shard"]:
+                    assert cell["vs_1_shard"] == pytest.approx(cell["value"] / row["1 shard"]["value"])
+    cross = shards["cross_shard"]
+    assert cross["columns"][-1] == "native C++"
+    assert_cells(cross, cross["columns"], "shards cross_shard")
+    assert set(cross["units"]) >= set(cross["results"])
+    this_column = cross["columns"][0]
+    assert this_column.startswith("this: CPython")
+    for bench in ("submit_to (runtime)", "submit_to (inbox)", "submit_to x64 (runtime)"):
+        assert cross["results"][bench][this_column]["value"] > 0, bench
+    native = {bench: row["native C++"] for bench, row in cross["results"].items() if "native C++" in row}
+    assert set(native) >= {"Runtime::post"}
+    if "value" in native["Runtime::post"]:
+        assert native["wake-up latency p99"]["value"] >= native["wake-up latency p50"]["value"] > 0
+
+
+def test_native_part(quick_run):
+    _, result, _ = quick_run
+    native = json.loads(result.read_text())["parts"]["native"]
+    if native["status"] == "skipped":
+        # --quick builds nothing: a tree without build-native says so.
+        assert "build-native" in native["reason"] or "failed" in native["reason"], native["reason"]
+        pytest.skip(native["reason"])
+    assert native["columns"][:2] == ["shardloop native", "plain C epoll"]
+    assert set(native["columns"]) == {"shardloop native", "plain C epoll", "Go", "Node.js"}
+    assert native["ratios"] == [["shardloop native", c] for c in native["columns"][1:]]
+    echo = native["results"]["echo 1KiB"]
+    assert set(echo) == set(native["columns"])
+    for column in ("shardloop native", "plain C epoll"):
+        assert_server_cell(echo[column])
+    for column in ("Go", "Node.js"):
+        assert "value" in echo[column] or echo[column]["skipped"].startswith(column), echo[column]
+    http = native["results"]["http hello (wrk)"]["shardloop native"]
+    if "value" in http:
+        assert_server_cell(http)
+    else:
+        assert "wrk" in http["skipped"]
 
 
 def test_report_files(quick_run):
@@ -99,3 +162,7 @@ def test_report_files(quick_run):
     except ImportError:
         return
     assert (out / "micro.png").stat().st_size > 0
+    doc = json.loads((out / "latest.json").read_text())
+    for name in ("shards", "native"):
+        if doc["parts"][name]["status"] == "ran":
+            assert (out / f"{name}.png").stat().st_size > 0, name
