@@ -1,7 +1,7 @@
 # make deps   system packages (apt) and the project virtualenv .venv
 # make demo   build, install into .venv, run the demo
-# make test   GoogleTest (ctest) + pytest, then the same under ASan/UBSan
-# make bench  shardloop vs uvloop vs asyncio: micro, callgrind, echo, HTTP -> perf/results/
+# make test   GoogleTest (ctest) + pytest, the same under ASan/UBSan, TSan, integration, conformance gate
+# make bench  shardloop vs uvloop vs asyncio: micro, callgrind, echo, TLS, HTTP, shards, native -> perf/results/
 
 SHELL := /bin/bash
 PYTHON ?= python3
