@@ -286,6 +286,20 @@ void Loop::on_prepare(uv_prepare_t* handle) {
     self->arm_deadline(self->block_);
     if (!self->block_) uv_idle_start(&self->idle_, [](uv_idle_t*) {});
   }
+  // Idle polling: the wait (and the GIL's release) begins here, but the
+  // feeder may first watch for work a while with nothing published asleep,
+  // so a sender that comes soon needs no wake-up. Never with the GIL held.
+  if (self->block_ && self->feeder_.idle) {
+    if (!self->waiting_) {
+      self->waiting_ = true;
+      if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);
+    }
+    const double until = self->timers_.empty() ? HUGE_VAL : self->timers_.top_when();
+    if (self->feeder_.idle(self->feeder_.ctx, until)) {
+      self->block_ = false;
+      uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+    }
+  }
   // Last: a sender that queued before the flag went up is seen here, one
   // that queues after it wakes the poll.
   if (self->block_ && self->feeder_.sleep && self->feeder_.sleep(self->feeder_.ctx)) {

@@ -45,6 +45,11 @@ class Loop {
     // Right before the loop would block: publishes "asleep" and returns true
     // when work arrived meanwhile (the poll then does not block).
     bool (*sleep)(void* ctx) noexcept = nullptr;
+    // Optional, before `sleep`, with the embedder's wait begun (the GIL
+    // released): may watch for work a while instead of blocking, never past
+    // `until` (a time() value: the next timer's deadline, +inf when none).
+    // Returns true to have the loop poll without blocking (and come back).
+    bool (*idle)(void* ctx, double until) noexcept = nullptr;
   };
 
   enum class Exit { stopped, aborted };
@@ -81,6 +86,8 @@ class Loop {
   void abort() noexcept { aborting_ = true; }
   bool is_running() const noexcept { return running_; }
   bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+  // Any thread: whether call_soon_threadsafe() work is (about to be) queued.
+  bool inbox_pending() const noexcept { return inbox_pending_.load(std::memory_order_acquire); }
 
   // Discards pending work (each Work's fn is called with run=false), closes
   // every handle and the libuv loop. Throws std::logic_error while running.

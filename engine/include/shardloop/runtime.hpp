@@ -157,6 +157,22 @@ class Runtime {
     bool pin = true;
     // Slots per ring (per ordered pair of shards); a full ring grows.
     std::size_t ring_capacity = 1024;
+    // Idle polling (Seastar's idle-poll-time): a shard that runs out of work
+    // keeps watching its queues for up to this long before it blocks in the
+    // kernel, so work that comes meanwhile costs its sender no syscall and
+    // its receiver no wake-up (on this 2-core KVM guest a wake-up is 30-40 us
+    // p50, a watched ring well under 1 us). Meanwhile its loop polls without
+    // blocking every few microseconds (I/O, signals, timers stay on time),
+    // and work from other shards or threads restarts the window.
+    // Default 0 (off): the shard burns its CPU for that long after every
+    // burst of work. Shards default to one per CPU, and the Python binding
+    // (shardloop.run(shards=N)) uses these defaults on machines it shares
+    // with load generators, other processes and its own threads; there a
+    // spinning shard takes the CPU that the work it waits for needs. Turn
+    // it on for native services that own their cores. Ignored when there
+    // are more shards than CPUs. The spin never holds the GIL: it runs
+    // after the loop's before_wait hook.
+    unsigned idle_poll_us = 0;
   };
 
   explicit Runtime(Options options);
@@ -242,6 +258,8 @@ class Runtime {
   Shard* my_shard() const noexcept;
   static void feed(void* ctx) noexcept;
   static bool sleep(void* ctx) noexcept;
+  static bool idle(void* ctx, double until) noexcept;
+  static bool has_work(const Shard& sh) noexcept;
   std::size_t drain(Shard& sh, bool run) noexcept;
   bool post_from_shard(Shard& from, Shard& to, Work work);
   bool post_foreign(Shard& to, Work work);
@@ -250,6 +268,7 @@ class Runtime {
 
   unsigned count_;
   bool pin_;
+  double idle_poll_s_ = 0;  // 0: off
   std::vector<int> cpus_;
   std::unique_ptr<Shard[]> shards_;
 
