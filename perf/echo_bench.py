@@ -95,22 +95,49 @@ def cell(loadgen, loop, server_name, size, cfg, cpus):
                                 r["server_cpu_s"]["user"], r["server_cpu_s"]["sys"])
 
 
-def part(cfg, loops, skipped_loops, add_step):
-    """Registers one step per (server, size, loop) with add_step and returns
-    the part's result dict, which those steps fill in."""
-    result = {
-        "title": "Echo",
-        "unit": "req/s",
-        "higher_is_better": True,
-        "description": (f"closed loop, {cfg.connections} connections, each waits for the full echo; "
-                        f"{cfg.duration:g} s measured after {cfg.warmup:g} s warm-up"),
-        "results": {},
-    }
+def new_result(title, description):
+    """(result dict of a load-generator part, not yet run; the CPU split
+    between server and load generator, noted in the result)."""
+    result = {"title": title, "unit": "req/s", "higher_is_better": True, "description": description,
+              "results": {}}
     cpus = serverproc.cpu_split()
     if cpus[0] is None:
         result["notes"] = ["one usable CPU: server and load generator share it (not pinned)"]
     else:
         result["notes"] = [f"server pinned to CPU {min(cpus[0])}, load generator to CPU {min(cpus[1])}"]
+    return result, cpus
+
+
+def add_cells(result, cfg, loops, skipped_loops, add_step, grid, run_cell):
+    """Registers one step per (name, size, loop) with add_step; a step puts
+    run_cell(loop, name, size) in result["results"]["<name> <size>"][loop].
+    grid: (step label, seconds per step, names, {size name: bytes},
+    sizes kept by --quick)."""
+    label, seconds, names, sizes, quick_sizes = grid
+    for name in names:
+        for size_name, size in sizes.items():
+            if cfg.quick and size_name not in quick_sizes:
+                continue
+            bench = f"{name} {size_name}"
+            row = result["results"].setdefault(bench, {})
+            for loop in loops:
+                if loop in skipped_loops:
+                    row[loop] = {"skipped": skipped_loops[loop]}
+                    continue
+
+                def step(row=row, loop=loop, name=name, size=size):
+                    row[loop] = run_cell(loop, name, size)
+                    return row[loop]
+
+                add_step(f"{label} {bench} {loop}", seconds, step)
+
+
+def part(cfg, loops, skipped_loops, add_step):
+    """Registers one step per (server, size, loop) with add_step and returns
+    the part's result dict, which those steps fill in."""
+    result, cpus = new_result(
+        "Echo", (f"closed loop, {cfg.connections} connections, each waits for the full echo; "
+                 f"{cfg.duration:g} s measured after {cfg.warmup:g} s warm-up"))
     try:
         loadgen = build_loadgen()
     except RuntimeError as e:
@@ -118,21 +145,10 @@ def part(cfg, loops, skipped_loops, add_step):
         result["reason"] = str(e)
         return result
     result["status"] = "ran"
-    for server_name in SERVERS:
-        for size_name, size in SIZES.items():
-            if cfg.quick and size_name not in QUICK_SIZES:
-                continue
-            bench = f"{server_name} {size_name}"
-            row = result["results"].setdefault(bench, {})
-            for loop in loops:
-                if loop in skipped_loops:
-                    row[loop] = {"skipped": skipped_loops[loop]}
-                    continue
 
-                def step(row=row, loop=loop, server_name=server_name, size=size):
-                    row[loop] = serverproc.guarded_cell(
-                        loop, MISSING, lambda: cell(loadgen, loop, server_name, size, cfg, cpus))
-                    return row[loop]
+    def run_cell(loop, server_name, size):
+        return serverproc.guarded_cell(loop, MISSING, lambda: cell(loadgen, loop, server_name, size, cfg, cpus))
 
-                add_step(f"echo {bench} {loop}", cfg.warmup + cfg.duration + 0.5, step)
+    add_cells(result, cfg, loops, skipped_loops, add_step,
+              ("echo", cfg.warmup + cfg.duration + 0.5, SERVERS, SIZES, QUICK_SIZES), run_cell)
     return result

@@ -61,19 +61,9 @@ def cell(loadgen, loop, api, size, cfg, cpus, cert, key):
 def part(cfg, loops, skipped_loops, add_step):
     """Registers one step per (api, size, loop) with add_step and returns the
     part's result dict, which those steps fill in."""
-    result = {
-        "title": "TLS echo",
-        "unit": "req/s",
-        "higher_is_better": True,
-        "description": (f"closed loop over TLS, {cfg.connections} connections, each waits for the full echo; "
-                        f"handshakes before the clock; {cfg.duration:g} s measured after {cfg.warmup:g} s warm-up"),
-        "results": {},
-    }
-    cpus = serverproc.cpu_split()
-    if cpus[0] is None:
-        result["notes"] = ["one usable CPU: server and load generator share it (not pinned)"]
-    else:
-        result["notes"] = [f"server pinned to CPU {min(cpus[0])}, load generator to CPU {min(cpus[1])}"]
+    result, cpus = echo_bench.new_result(
+        "TLS echo", (f"closed loop over TLS, {cfg.connections} connections, each waits for the full echo; "
+                     f"handshakes before the clock; {cfg.duration:g} s measured after {cfg.warmup:g} s warm-up"))
     cert_dir = tempfile.mkdtemp(prefix="shardloop-tls-bench-")
     atexit.register(shutil.rmtree, cert_dir, True)
     try:
@@ -93,23 +83,12 @@ def part(cfg, loops, skipped_loops, add_step):
         if tls and not any(n.startswith("negotiated") for n in result["notes"]):
             result["notes"].append(f"negotiated {tls['version']}, {tls['cipher']} (OpenSSL defaults on both sides)")
 
-    for api in APIS:
-        for size_name, size in SIZES.items():
-            if cfg.quick and size_name not in QUICK_SIZES:
-                continue
-            bench = f"{api} {size_name}"
-            row = result["results"].setdefault(bench, {})
-            for loop in loops:
-                if loop in skipped_loops:
-                    row[loop] = {"skipped": skipped_loops[loop]}
-                    continue
+    def run_cell(loop, api, size):
+        c = serverproc.guarded_cell(loop, MISSING, lambda: cell(loadgen, loop, api, size, cfg, cpus, cert, key))
+        note_protocol(c)
+        return c
 
-                def step(row=row, loop=loop, api=api, size=size):
-                    row[loop] = serverproc.guarded_cell(
-                        loop, MISSING, lambda: cell(loadgen, loop, api, size, cfg, cpus, cert, key))
-                    note_protocol(row[loop])
-                    return row[loop]
-
-                # A second or so more than a plain echo cell: the handshakes.
-                add_step(f"tls {bench} {loop}", cfg.warmup + cfg.duration + 1.0, step)
+    # A second or so more than a plain echo cell: the handshakes.
+    grid = ("tls", cfg.warmup + cfg.duration + 1.0, APIS, SIZES, QUICK_SIZES)
+    echo_bench.add_cells(result, cfg, loops, skipped_loops, add_step, grid, run_cell)
     return result

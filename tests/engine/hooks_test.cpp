@@ -58,14 +58,19 @@ struct HookLog {
     };
     return h;
   }
+
+  // Logs `l`'s hooks from now on.
+  void attach(Loop& l) {
+    loop = &l;
+    l.set_hooks(hooks());
+  }
 };
 
 TEST(Hooks, ReadyWorkNeverCallsBeforeWait) {
   Watchdog dog("ReadyWorkNeverCallsBeforeWait");
   Loop loop;
   HookLog log;
-  log.loop = &loop;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   int ticks = 0;
   std::function<void()> tick = [&] {
     if (++ticks == 20)
@@ -88,8 +93,7 @@ TEST(Hooks, PastDueTimerDoesNotBlock) {
   TimerNode node;
   Loop loop;
   HookLog log;
-  log.loop = &loop;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   bool ran = false;
   node.work = shardloop::make_work([&] { ran = true; });
   loop.schedule(&node, loop.time() - 1);
@@ -104,8 +108,7 @@ TEST(Hooks, BlockingForTimerCallsEachOncePerBlockingIteration) {
   TimerNode node;
   Loop loop;
   HookLog log;
-  log.loop = &loop;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   bool ran = false;
   bool ran_while_waiting = false;
   node.work = shardloop::make_work([&] {
@@ -140,8 +143,7 @@ TEST(Hooks, RunMixingReadyWorkAndTimerBlocksOnlyWhenIdle) {
   TimerNode node;
   Loop loop;
   HookLog log;
-  log.loop = &loop;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   int before_seen_by_callbacks = -1;
   int chain = 0;
   std::function<void()> step = [&] {
@@ -164,8 +166,7 @@ TEST(Hooks, WokenByThreadsafeCallIsBalanced) {
   Watchdog dog("WokenByThreadsafeCallIsBalanced");
   Loop loop;
   HookLog log;
-  log.loop = &loop;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   bool ran_while_waiting = true;
   std::thread other([&] {
     if (!log.blocked.wait()) return;
@@ -185,9 +186,8 @@ TEST(SignalWakeup, ByteFromAnotherThreadWakesBlockedLoopAndCallsOnSignal) {
   Watchdog dog("ByteFromAnotherThreadWakesBlockedLoopAndCallsOnSignal");
   Loop loop;
   HookLog log;
-  log.loop = &loop;
   log.stop_on_signal = true;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   int fd = loop.signal_wakeup_fd();
   ASSERT_GE(fd, 0);
   ssize_t written = 0;
@@ -211,9 +211,8 @@ TEST(SignalWakeup, BytesWrittenBeforeRunAreDelivered) {
   Watchdog dog("BytesWrittenBeforeRunAreDelivered");
   Loop loop;
   HookLog log;
-  log.loop = &loop;
   log.stop_on_signal = true;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   int fd = loop.signal_wakeup_fd();
   char bytes[3] = {2, 15, 2};
   ASSERT_EQ(::write(fd, bytes, 3), 3);
@@ -244,8 +243,7 @@ TEST(SignalWakeup, SignalDuringTimerWaitThenTimerStillFires) {
   TimerNode node;
   Loop loop;
   HookLog log;
-  log.loop = &loop;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   int fd = loop.signal_wakeup_fd();
   double when = loop.time() + 0.015;
   double ran_at = 0;
@@ -449,9 +447,8 @@ TEST(SignalWakeup, DeliveredWhileLoopIsBusy) {
   Watchdog dog("SignalWakeup.DeliveredWhileLoopIsBusy");
   Loop loop;
   HookLog log;
-  log.loop = &loop;
   log.stop_on_signal = true;
-  loop.set_hooks(log.hooks());
+  log.attach(loop);
   int fd = loop.signal_wakeup_fd();
   std::function<void()> spin = [&] { loop.call_soon(spin); };
   loop.call_soon(spin);

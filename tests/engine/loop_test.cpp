@@ -306,6 +306,19 @@ TEST(LoopErrors, ExceptionFromTimerCallbackGoesToHandler) {
   EXPECT_TRUE(after);
 }
 
+// Runs `loop` with a callback throwing runtime_error(what) and, after it, one
+// that stops the loop; returns what went to stderr. `after`: the second ran.
+std::string RunThrowingCallback(Loop& loop, const char* what, bool& after) {
+  loop.call_soon([what] { throw std::runtime_error(what); });
+  loop.call_soon([&] {
+    after = true;
+    loop.stop();
+  });
+  testing::internal::CaptureStderr();
+  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
+  return testing::internal::GetCapturedStderr();
+}
+
 TEST(LoopErrors, ThrowingHandlerFallsBackToStderrAndLoopContinues) {
   Loop loop;
   int handler_calls = 0;
@@ -314,14 +327,7 @@ TEST(LoopErrors, ThrowingHandlerFallsBackToStderrAndLoopContinues) {
     throw std::runtime_error("handler failed");
   });
   bool after = false;
-  loop.call_soon([] { throw std::runtime_error("boom"); });
-  loop.call_soon([&] {
-    after = true;
-    loop.stop();
-  });
-  testing::internal::CaptureStderr();
-  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
-  std::string err = testing::internal::GetCapturedStderr();
+  std::string err = RunThrowingCallback(loop, "boom", after);
   EXPECT_EQ(handler_calls, 1);
   EXPECT_TRUE(after);
   EXPECT_NE(err.find("handler failed"), std::string::npos) << err;
@@ -330,14 +336,7 @@ TEST(LoopErrors, ThrowingHandlerFallsBackToStderrAndLoopContinues) {
 TEST(LoopErrors, DefaultHandlerPrintsToStderr) {
   Loop loop;
   bool after = false;
-  loop.call_soon([] { throw std::runtime_error("unhandled-xyz"); });
-  loop.call_soon([&] {
-    after = true;
-    loop.stop();
-  });
-  testing::internal::CaptureStderr();
-  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
-  std::string err = testing::internal::GetCapturedStderr();
+  std::string err = RunThrowingCallback(loop, "unhandled-xyz", after);
   EXPECT_TRUE(after);
   EXPECT_NE(err.find("unhandled-xyz"), std::string::npos) << err;
 }

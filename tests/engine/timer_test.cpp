@@ -32,6 +32,14 @@ struct Recorder {
   }
 };
 
+// A timer's work that notes it ran and stops the loop.
+shardloop::Work SetAndStop(Loop& loop, bool& ran) {
+  return shardloop::make_work([&loop, &ran] {
+    ran = true;
+    loop.stop();
+  });
+}
+
 TEST(Timers, OrderedByDeadlineThenSchedulingOrderAndNeverEarly) {
   Watchdog dog("OrderedByDeadlineThenSchedulingOrderAndNeverEarly");
   constexpr int kN = 8;
@@ -115,10 +123,7 @@ TEST(Timers, CancelRemovesScheduledNode) {
   Counter cancelled;
   victim.work = cancelled.work();
   bool survivor_ran = false;
-  survivor.work = shardloop::make_work([&] {
-    survivor_ran = true;
-    loop.stop();
-  });
+  survivor.work = SetAndStop(loop, survivor_ran);
   const double t0 = loop.time();
   loop.schedule(&victim, t0 + 0.001);  // due first: would run if not cancelled
   loop.schedule(&survivor, t0 + 0.003);
@@ -148,10 +153,7 @@ TEST(Timers, CancelFromAnEarlierTimerCallback) {
   victim.work = cancelled.work();
   bool last_ran = false;
   canceller.work = shardloop::make_work([&] { loop.cancel(&victim); });
-  last.work = shardloop::make_work([&] {
-    last_ran = true;
-    loop.stop();
-  });
+  last.work = SetAndStop(loop, last_ran);
   const double t0 = loop.time();
   loop.schedule(&canceller, t0 + 0.001);
   loop.schedule(&victim, t0 + 0.003);
@@ -278,10 +280,7 @@ TEST(Timers, EarlierTimerScheduledWhileLaterIsPendingFiresFirst) {
   Counter far_counter;
   far_node.work = far_counter.work();
   bool near_ran = false;
-  near_node.work = shardloop::make_work([&] {
-    near_ran = true;
-    loop.stop();
-  });
+  near_node.work = SetAndStop(loop, near_ran);
   loop.schedule(&far_node, loop.time() + 60);
   // Let one blocking-capable iteration arm the far deadline first.
   loop.call_soon([&] { loop.schedule(&near_node, loop.time() + 0.003); });

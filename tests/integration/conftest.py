@@ -10,15 +10,9 @@ If shardloop cannot be imported its parameters are skipped with the import
 error as the reason (tests/python/test_api.py fails in that case).
 """
 
-import faulthandler
-import sys
-
 import pytest
 
 from _integration_support import FACTORIES, factory_params
-
-HANG_TIMEOUT = 60
-
 
 @pytest.fixture(params=factory_params())
 def loop_name(request):
@@ -35,11 +29,7 @@ def pytest_asyncio_loop_factories(config, item):
     return FACTORIES
 
 
-@pytest.fixture(autouse=True)
-def _hang_guard():
-    """Dump all tracebacks and abort the run if one test hangs."""
-    faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True, file=sys.stderr)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+@pytest.fixture
+def hang_timeout():
+    """Bound for tests/conftest.py's hang guard."""
+    return 60

@@ -14,18 +14,10 @@ implementation.
 """
 
 import asyncio
-import faulthandler
-import sys
 
 import pytest
 
-from _support import HAVE_SHARDLOOP, SKIP_REASON, factory_params, shardloop
-
-# Hard upper bound per test.  Tests use much smaller timeouts themselves
-# (asyncio.wait_for / guard timers); this only turns a hang (e.g. a loop that
-# never wakes up) into a traceback instead of a stuck job.
-HANG_TIMEOUT = 120
-
+from _support import HAVE_SHARDLOOP, SKIP_REASON, Sockets, factory_params, shardloop
 
 def pytest_report_header(config):
     if HAVE_SHARDLOOP:
@@ -55,6 +47,18 @@ def loop(loop_factory):
 
 
 @pytest.fixture
+def socks(loop):
+    """A ``Sockets`` for raw sockets, closed after the loop."""
+    s = Sockets()
+    try:
+        yield s
+    finally:
+        if not loop.is_closed() and not loop.is_running():
+            loop.close()
+        s.close()
+
+
+@pytest.fixture
 def sl():
     """The shardloop module; skips the test if it cannot be imported."""
     if not HAVE_SHARDLOOP:
@@ -72,13 +76,3 @@ def restore_policy():
             asyncio.set_event_loop(None)
         finally:
             asyncio.set_event_loop_policy(None)
-
-
-@pytest.fixture(autouse=True)
-def _hang_guard():
-    """Dump all tracebacks and abort the run if one test hangs."""
-    faulthandler.dump_traceback_later(HANG_TIMEOUT, exit=True, file=sys.stderr)
-    try:
-        yield
-    finally:
-        faulthandler.cancel_dump_traceback_later()

@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 
-from _support import PY312, SHARDLOOP_IMPORT_ERROR, is_shardloop, run
+from _support import PY312, SHARDLOOP_IMPORT_ERROR, is_shardloop, run, sleep_until_cancelled, two_step_agen
 
 
 def test_import_shardloop():
@@ -109,18 +109,10 @@ def test_asyncio_runner_loop_factory(sl):
 def test_asyncio_runner_reference(loop_factory):
     """asyncio.Runner drives both loops the same way (incl. cleanup)."""
     finalized = []
-
-    async def agen():
-        try:
-            yield 1
-            yield 2
-        finally:
-            finalized.append(True)
-
     holder = []
 
     async def main():
-        g = agen()
+        g = two_step_agen(finalized)
         holder.append(g)
         await g.__anext__()
         return "r"
@@ -165,15 +157,8 @@ def test_shardloop_run_propagates_exception(sl):
 def test_shardloop_run_cancels_leftover_tasks(sl):
     cancelled = []
 
-    async def leftover():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     async def main():
-        asyncio.get_running_loop().create_task(leftover())
+        asyncio.get_running_loop().create_task(sleep_until_cancelled(cancelled))
         await asyncio.sleep(0)
 
     sl.run(main())

@@ -20,16 +20,13 @@ import gc
 import os
 import random
 import socket
-import struct
-import subprocess
-import sys
-import textwrap
 import threading
 import weakref
 
 import pytest
 
-from _support import HAVE_IPV6, LOOPBACK, PY311, is_shardloop, run, wait_until
+from _support import (HAVE_IPV6, LOOPBACK, PY311, child_report, is_shardloop, reset, run, run_child, spin,
+                      wait_until)
 
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
 requires_py311 = pytest.mark.skipif(not PY311, reason="sock_recvfrom/_into/sock_sendto are 3.11+")
@@ -82,13 +79,19 @@ def make_socketpair(res, blocking=False):
     return a, b
 
 
+def make_bound(res, family, kind, blocking=False):
+    """A socket of *kind* bound to the loopback address of *family*."""
+    s = socket.socket(family, kind)
+    res.append(s)
+    s.bind((LOOPBACK[family], 0))
+    if kind == socket.SOCK_STREAM:
+        s.listen(128)
+    s.setblocking(blocking)
+    return s
+
+
 def make_listener(res, family, blocking=False):
-    lst = socket.socket(family, socket.SOCK_STREAM)
-    res.append(lst)
-    lst.bind((LOOPBACK[family], 0))
-    lst.listen(128)
-    lst.setblocking(blocking)
-    return lst
+    return make_bound(res, family, socket.SOCK_STREAM, blocking)
 
 
 def make_tcp_pair(res, family):
@@ -105,17 +108,7 @@ def make_tcp_pair(res, family):
 
 
 def make_udp(res, family, blocking=False):
-    s = socket.socket(family, socket.SOCK_DGRAM)
-    res.append(s)
-    s.bind((LOOPBACK[family], 0))
-    s.setblocking(blocking)
-    return s
-
-
-def reset(sock):
-    """Close *sock* with SO_LINGER 0: the peer gets a RST."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
+    return make_bound(res, family, socket.SOCK_DGRAM, blocking)
 
 
 def fill(sock):
@@ -141,38 +134,15 @@ def drain(sock):
         total += len(data)
 
 
-async def spin(n=10):
-    """Let the loop go round *n* iterations (each one polls for I/O)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
 def open_fds():
     return len(os.listdir("/proc/self/fd"))
 
 
-def run_child(loop, body, timeout=60):
-    """Run *body* in a child interpreter against the same kind of loop as
-    *loop*; ``loop`` is bound there.  Returns the CompletedProcess."""
-    kind = "shardloop" if is_shardloop(loop) else "asyncio"
-    prelude = textwrap.dedent("""\
-        import asyncio, os, socket, sys
-        if sys.argv[1] == "shardloop":
-            import shardloop
-            loop = shardloop.new_event_loop()
-        else:
-            loop = asyncio.new_event_loop()
-        async def spin(n=10):
-            for _ in range(n):
-                await asyncio.sleep(0)
-        """)
-    code = prelude + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code, kind], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(os.path.abspath(__file__)))
-
-
-def child_report(proc):
-    return "rc=%s\nstdout:\n%s\nstderr (tail):\n%s" % (proc.returncode, proc.stdout, proc.stderr[-3000:])
+CHILD_PRELUDE = """
+async def spin(n=10):
+    for _ in range(n):
+        await asyncio.sleep(0)
+"""
 
 
 # ------------------------------------------------- add_reader / add_writer
@@ -864,7 +834,7 @@ def test_fd_closed_under_a_fresh_reader_while_running(loop):
         loop.run_until_complete(main())
         loop.close()
         print("done")
-        """)
+        """, prelude=CHILD_PRELUDE)
     assert (proc.returncode, proc.stdout) == (0, "True\ndone\n"), child_report(proc)
 
 
@@ -886,7 +856,7 @@ def test_socket_closed_while_sock_recv_waits(loop):
         loop.run_until_complete(main())
         loop.close()
         print("done")
-        """)
+        """, prelude=CHILD_PRELUDE)
     assert (proc.returncode, proc.stdout) == (0, "cancelled\ndone\n"), child_report(proc)
 
 
@@ -900,7 +870,7 @@ def test_fd_closed_under_a_reader_before_the_loop_runs(loop):
         os.close(w)
         loop.close()
         print("done")
-        """)
+        """, prelude=CHILD_PRELUDE)
     assert (proc.returncode, proc.stdout) == (0, "True\ndone\n"), child_report(proc)
 
 
@@ -950,7 +920,7 @@ def test_watches_work_with_no_free_fd(loop):
             os.close(fd)
         loop.close()
         print("done")
-        """)
+        """, prelude=CHILD_PRELUDE)
     assert (proc.returncode, proc.stdout) == (
         0, "'w' b'x' b'y'\nFalse False False\ndone\n"), child_report(proc)
 

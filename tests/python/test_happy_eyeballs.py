@@ -22,8 +22,7 @@ import socket
 
 import pytest
 
-from test_tcp import same_as_asyncio, socks  # noqa: F401  (socks: a fixture)
-from _support import HAVE_IPV6, PY312, PY313, run
+from _support import HAVE_IPV6, PY312, PY313, run, same_as_asyncio
 
 requires_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")
 requires_py312 = pytest.mark.skipif(not PY312, reason="all_errors is 3.12+")

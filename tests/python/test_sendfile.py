@@ -18,8 +18,7 @@ import ssl
 
 import pytest
 
-from test_tcp import socks  # noqa: F401  (a fixture: sockets closed after the loop)
-from _support import is_shardloop, run, wait_until
+from _support import is_shardloop, run, spin, wait_until
 
 BIG_SIZE = 50 * 1024 * 1024
 BIG = 60.0  # run() bound for the 50 MiB transfers (ASan is slow)
@@ -85,11 +84,6 @@ async def receive_all(loop, sock):
         if not chunk:
             return bytes(data)
         data += chunk
-
-
-async def spin(n=20):
-    for _ in range(n):
-        await asyncio.sleep(0)
 
 
 async def in_progress(transfer):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from _support import PY312, run, wait_until
+from _support import PY312, run, sleep_until_cancelled, two_step_agen, wait_until
 
 cvar = contextvars.ContextVar("tasks_cvar", default="default")
 
@@ -291,16 +291,9 @@ def test_wait_for_timeout(loop):
 def test_wait_for_cancels_inner(loop):
     cancelled = []
 
-    async def inner():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            cancelled.append(True)
-            raise
-
     async def main():
         with pytest.raises(TimeoutError):
-            await asyncio.wait_for(inner(), 0.01)
+            await asyncio.wait_for(sleep_until_cancelled(cancelled), 0.01)
 
     run(loop, main())
     assert cancelled == [True]
@@ -353,17 +346,9 @@ def test_task_group(loop):
         assert [t.result() for t in tasks] == list(range(5))
 
         sibling_cancelled = []
-
-        async def long():
-            try:
-                await asyncio.sleep(10)
-            except asyncio.CancelledError:
-                sibling_cancelled.append(True)
-                raise
-
         with pytest.raises(ExceptionGroup) as ei:  # noqa: F821 (builtin since 3.11)
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(long())
+                tg.create_task(sleep_until_cancelled(sibling_cancelled))
                 tg.create_task(failing())
         assert [type(e) for e in ei.value.exceptions] == [ValueError]
         assert sibling_cancelled == [True]
@@ -379,15 +364,8 @@ def test_task_group(loop):
 def test_task_cancel(loop):
     state = []
 
-    async def victim():
-        try:
-            await asyncio.sleep(10)
-        except asyncio.CancelledError:
-            state.append("cancelled")
-            raise
-
     async def main():
-        t = loop.create_task(victim())
+        t = loop.create_task(sleep_until_cancelled(state, "cancelled"))
         await asyncio.sleep(0)
         assert t.cancel("reason") is True
         with pytest.raises(asyncio.CancelledError):
@@ -688,15 +666,8 @@ def test_asyncgen_hooks_installed_while_running(loop):
 def test_asyncgen_finalizer_runs_on_gc(loop):
     finalized = []
 
-    async def agen():
-        try:
-            yield 1
-            yield 2
-        finally:
-            finalized.append(True)
-
     async def main():
-        g = agen()
+        g = two_step_agen(finalized)
         assert await g.__anext__() == 1
         del g
         gc.collect()

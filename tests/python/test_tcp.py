@@ -20,21 +20,21 @@ interpreter.
 """
 
 import asyncio
+import contextlib
 import errno
 import gc
 import json
 import logging
 import os
-import random
 import socket
-import struct
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
-from _support import HAVE_IPV6, LOOPBACK, PY312, PY313, is_shardloop, run, wait_until
+from _support import (BIG, HAVE_IPV6, LOOPBACK, PY312, PY313, BufRecorder, Echo, Recorder, Sockets,
+                      assert_same_bytes, child_report, close_server, collecting_factory, echo_handler,
+                      echo_in_chunks, pattern, record_exceptions, recv_all, reset, run, run_child,
+                      same_as_asyncio, spin, wait_until)
 
 
 requires_ipv6 = pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")
@@ -48,114 +48,14 @@ FAMILIES = [
 ]
 
 SMALL_BUF = 32 * 1024  # SO_RCVBUF / SO_SNDBUF for peers that must not read
-BIG = 30.0  # run() bound for tests moving megabytes (ASan is slow)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-async def spin(n=20):
-    """Let the loop go round *n* iterations (each one polls for I/O)."""
-    for _ in range(n):
-        await asyncio.sleep(0)
-
-
-def same_as_asyncio(loop, scenario, timeout=10.0):
-    """Run ``scenario(loop)`` on *loop*; on shardloop, run it on a fresh
-    asyncio loop too and require the same result.  Returns the result."""
-    got = run(loop, scenario(loop), timeout)
-    if is_shardloop(loop):
-        ref = asyncio.new_event_loop()
-        try:
-            expected = run(ref, scenario(ref), timeout)
-        finally:
-            ref.close()
-            asyncio.set_event_loop(None)
-        assert got == expected, "shardloop gave %r, asyncio gives %r" % (got, expected)
-    return got
-
-
-def record_exceptions(loop):
-    contexts = []
-    loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
-    return contexts
-
-
-def pattern(n, seed=0):
-    """n pseudo-random bytes (deterministic)."""
-    return random.Random(seed).randbytes(n)
-
-
-def first_difference(a, b):
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return min(len(a), len(b)) if len(a) != len(b) else None
-
-
-def assert_same_bytes(got, expected):
-    got = bytes(got)
-    if got != expected:
-        i = first_difference(got, expected)
-        raise AssertionError("got %d bytes, expected %d; first difference at offset %s"
-                             % (len(got), len(expected), i))
-
-
-def reset(sock):
-    """Close *sock* with SO_LINGER 0: the peer gets a RST."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
-class Sockets:
-    """Raw sockets made by a test, closed at the end (after the loop)."""
-
-    def __init__(self):
-        self.objs = []
-
-    def add(self, s):
-        self.objs.append(s)
-        return s
-
-    def listener(self, family=socket.AF_INET, rcvbuf=None):
-        lst = self.add(socket.socket(family, socket.SOCK_STREAM))
-        if rcvbuf is not None:  # inherited by the accepted sockets
-            lst.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        lst.bind((LOOPBACK[family], 0))
-        lst.listen(128)
-        lst.setblocking(False)
-        return lst
-
-    def close(self):
-        for s in reversed(self.objs):
-            s.close()
-
-
-@pytest.fixture
-def socks(loop):
-    s = Sockets()
-    try:
-        yield s
-    finally:
-        if not loop.is_closed() and not loop.is_running():
-            loop.close()
-        s.close()
-
-
 async def accept(loop, lst, socks):
     conn, _ = await loop.sock_accept(lst)
     return socks.add(conn)
-
-
-async def recv_all(loop, sock, limit=None):
-    """Read *sock* until EOF (or until *limit* bytes)."""
-    data = bytearray()
-    while limit is None or len(data) < limit:
-        chunk = await loop.sock_recv(sock, 1 << 20)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
 
 
 async def recv_until_eof_or_reset(loop, sock):
@@ -189,45 +89,6 @@ def shrink_sndbuf(tr):
     tr.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUF)
 
 
-class Recorder(asyncio.Protocol):
-    """Records the protocol calls; consecutive data_received are one 'data'."""
-
-    def __init__(self, eof_result=None):
-        self.loop = asyncio.get_running_loop()
-        self.events = []
-        self.data = bytearray()
-        self.transport = None
-        self.exc = None
-        self.eof_result = eof_result
-        self.lost = self.loop.create_future()
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.events.append("made")
-
-    def data_received(self, data):
-        assert type(data) is bytes
-        self.data += data
-        if self.events[-1:] != ["data"]:
-            self.events.append("data")
-
-    def eof_received(self):
-        self.events.append("eof")
-        return self.eof_result
-
-    def connection_lost(self, exc):
-        self.events.append(("lost", type(exc).__name__ if exc is not None else None))
-        self.exc = exc
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-
-class Echo(Recorder):
-    def data_received(self, data):
-        super().data_received(data)
-        self.transport.write(data)
-
-
 class FlowRecorder(Recorder):
     def pause_writing(self):
         self.events.append(("pause_writing", self.transport.get_write_buffer_size()))
@@ -239,62 +100,6 @@ class FlowRecorder(Recorder):
         return sum(1 for e in self.events if isinstance(e, tuple) and e[0] == name)
 
 
-class BufRecorder(asyncio.BufferedProtocol):
-    def __init__(self, size=7):
-        self.loop = asyncio.get_running_loop()
-        self.buf = bytearray(size)
-        self.data = bytearray()
-        self.events = []
-        self.updates = 0
-        self.hints = []
-        self.transport = None
-        self.exc = None
-        self.lost = self.loop.create_future()
-
-    def connection_made(self, transport):
-        self.transport = transport
-        self.events.append("made")
-
-    def get_buffer(self, sizehint):
-        self.hints.append(sizehint)
-        return self.buf
-
-    def buffer_updated(self, nbytes):
-        assert 0 < nbytes <= len(self.buf)
-        self.data += self.buf[:nbytes]
-        self.updates += 1
-        if self.events[-1:] != ["data"]:
-            self.events.append("data")
-
-    def eof_received(self):
-        self.events.append("eof")
-
-    def connection_lost(self, exc):
-        self.events.append(("lost", type(exc).__name__ if exc is not None else None))
-        self.exc = exc
-        if not self.lost.done():
-            self.lost.set_result(exc)
-
-
-async def echo_handler(reader, writer):
-    try:
-        while True:
-            data = await reader.read(1 << 16)
-            if not data:
-                break
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
-async def close_server(server):
-    server.close()
-    await server.wait_closed()
-
-
 async def connect_pair(loop, socks, factory=Recorder, family=socket.AF_INET, rcvbuf=None):
     """(transport, protocol, peer): a shardloop/asyncio transport from
     create_connection and the raw socket accepted on the other end."""
@@ -304,18 +109,37 @@ async def connect_pair(loop, socks, factory=Recorder, family=socket.AF_INET, rcv
     return tr, proto, peer
 
 
+async def connect_small_buffers(loop, socks, factory=Recorder):
+    """connect_pair with small kernel buffers on both ends: what the peer
+    does not read soon stays in the transport."""
+    tr, proto, peer = await connect_pair(loop, socks, factory, rcvbuf=SMALL_BUF)
+    shrink_sndbuf(tr)
+    return tr, proto, peer
+
+
+@contextlib.asynccontextmanager
+async def stream_client(handler=echo_handler, host="127.0.0.1"):
+    """(reader, writer) of a connection to ``asyncio.start_server(handler)``;
+    the writer, then the server, are closed afterwards."""
+    server = await asyncio.start_server(handler, host, 0)
+    try:
+        reader, writer = await asyncio.open_connection(host, server.sockets[0].getsockname()[1])
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+            await writer.wait_closed()
+    finally:
+        await close_server(server)
+
+
 # ============================================================ asyncio streams
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_streams_echo_small(loop, family):
-    host = LOOPBACK[family]
-
     async def main():
-        server = await asyncio.start_server(echo_handler, host, 0)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection(host, port)
+        async with stream_client(host=LOOPBACK[family]) as (reader, writer):
             for msg in (b"x", b"hello world", bytes(range(256)), b"\0" * 3):
                 writer.write(msg)
                 await writer.drain()
@@ -323,10 +147,6 @@ def test_streams_echo_small(loop, family):
             writer.write_eof()
             assert await reader.read() == b""
             assert reader.at_eof()
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            await close_server(server)
 
     run(loop, main())
 
@@ -336,27 +156,8 @@ def test_streams_echo_multi_mib(loop, size):
     payload = pattern(size, seed=size)
 
     async def main():
-        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-
-            async def send():
-                view = memoryview(payload)
-                step = 100_003  # not a power of two: chunk edges move around
-                for i in range(0, len(view), step):
-                    writer.write(view[i:i + step])
-                    await writer.drain()
-                writer.write_eof()
-
-            sender = asyncio.ensure_future(send())
-            received = await reader.read()  # until EOF
-            await sender
-            assert_same_bytes(received, payload)
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            await close_server(server)
+        async with stream_client() as (reader, writer):
+            assert_same_bytes(await echo_in_chunks(reader, writer, payload), payload)
 
     run(loop, main(), BIG)
 
@@ -365,19 +166,12 @@ def test_streams_one_big_write(loop):
     payload = pattern(6 * 1024 * 1024 + 3, seed=7)
 
     async def main():
-        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with stream_client() as (reader, writer):
             writer.write(payload)  # one write: most of it is buffered
             writer.write_eof()
             received = await reader.readexactly(len(payload))
             assert_same_bytes(received, payload)
             assert await reader.read() == b""
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            await close_server(server)
 
     run(loop, main(), BIG)
 
@@ -393,10 +187,7 @@ def test_streams_readexactly_readuntil(loop):
         writer.close()
 
     async def main():
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with stream_client(handler) as (reader, writer):
             assert await reader.readuntil(b"\n") == b"hello\n"
             assert await reader.readuntil(b"\r\n") == b"world\r\n"
             assert await reader.readexactly(3) == b"XYZ"
@@ -408,10 +199,6 @@ def test_streams_readexactly_readuntil(loop):
                 await reader.readuntil(b"\n")
             assert info.value.partial == b""
             assert reader.at_eof()
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            await close_server(server)
 
     run(loop, main())
 
@@ -430,20 +217,13 @@ def test_streams_half_close(loop):
         writer.close()
 
     async def main():
-        server = await asyncio.start_server(handler, "127.0.0.1", 0)
-        try:
-            port = server.sockets[0].getsockname()[1]
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with stream_client(handler) as (reader, writer):
             assert writer.can_write_eof()
             writer.write(request)
             writer.write_eof()
             assert not writer.is_closing()
             assert await reader.readline() == b"got %d bytes\n" % len(request)
             assert_same_bytes(await reader.read(), request[::-1])
-            writer.close()
-            await writer.wait_closed()
-        finally:
-            await close_server(server)
 
     run(loop, main(), BIG)
 
@@ -572,13 +352,7 @@ def test_server_wait_closed_with_a_live_connection(loop):
 
 def test_protocol_call_order_both_sides(loop):
     async def main():
-        server_protos = []
-
-        def factory():
-            p = Echo()
-            server_protos.append(p)
-            return p
-
+        factory, server_protos = collecting_factory(Echo)
         server = await loop.create_server(factory, "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]
@@ -607,8 +381,7 @@ def test_protocol_call_order_both_sides(loop):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_connection_lost_once_on_peer_reset(loop, socks, family):
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             contexts = record_exceptions(lp)
             tr, proto, peer = await connect_pair(lp, s, family=family)
             await lp.sock_sendall(peer, b"before reset")
@@ -619,8 +392,6 @@ def test_connection_lost_once_on_peer_reset(loop, socks, family):
             assert tr.is_closing()
             tr.write(b"after")  # no crash, nothing raised
             return list(proto.events), [c["message"] for c in contexts]
-        finally:
-            s.close()
 
     events, messages = same_as_asyncio(loop, scenario)
     assert events == ["made", "data", ("lost", "ConnectionResetError")]
@@ -632,25 +403,20 @@ def test_peer_reset_error_is_like_asyncio(loop):
     errno and message as asyncio's (which comes from recv())."""
 
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             tr, proto, peer = await connect_pair(lp, s)
             reset(peer)
             exc = await proto.lost
             return type(exc).__name__, exc.errno, exc.strerror, str(exc)
-        finally:
-            s.close()
 
     same_as_asyncio(loop, scenario)
 
 
 def test_connection_lost_once_on_reset_with_pending_writes(loop):
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             contexts = record_exceptions(lp)
-            tr, proto, peer = await connect_pair(lp, s, rcvbuf=SMALL_BUF)
-            shrink_sndbuf(tr)
+            tr, proto, peer = await connect_small_buffers(lp, s)
             await fill_transport(tr)
             reset(peer)  # the transport's reads and writes both fail now
             await proto.lost
@@ -659,8 +425,6 @@ def test_connection_lost_once_on_reset_with_pending_writes(loop):
             await spin()
             lost = [e for e in proto.events if isinstance(e, tuple)]
             return len(lost), [c["message"] for c in contexts]
-        finally:
-            s.close()
 
     n_lost, messages = same_as_asyncio(loop, scenario)
     assert n_lost == 1
@@ -902,8 +666,7 @@ def test_buffered_protocol_switch_to_plain_protocol(loop, socks):
 @pytest.mark.parametrize("failure", ["raises", "empty"])
 def test_buffered_protocol_get_buffer_failure(loop, socks, failure):
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             contexts = record_exceptions(lp)
 
             class Bad(BufRecorder):
@@ -921,8 +684,6 @@ def test_buffered_protocol_get_buffer_failure(loop, socks, failure):
             assert ctx["exception"] is proto.exc
             return (len(contexts), ctx["message"], type(ctx["exception"]).__name__,
                     str(ctx["exception"]), list(proto.events))
-        finally:
-            s.close()
 
     result = same_as_asyncio(loop, scenario)
     assert result[1] == "Fatal error: protocol.get_buffer() call failed."
@@ -953,18 +714,13 @@ def test_buffered_protocol_buffer_updated_raises(loop, socks):
 def test_data_received_raising_closes_that_connection_only(loop):
     async def main():
         contexts = record_exceptions(loop)
-        protos = []
-
         class Fragile(Echo):
             def data_received(self, data):
                 if data.startswith(b"boom"):
                     raise ZeroDivisionError("boom")
                 super().data_received(data)
 
-        def factory():
-            protos.append(Fragile())
-            return protos[-1]
-
+        factory, protos = collecting_factory(Fragile)
         server = await loop.create_server(factory, "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]
@@ -1122,8 +878,7 @@ def test_write_order_kept_behind_buffered_data(loop, socks):
     in order."""
 
     async def main():
-        tr, proto, peer = await connect_pair(loop, socks, rcvbuf=SMALL_BUF)
-        shrink_sndbuf(tr)
+        tr, proto, peer = await connect_small_buffers(loop, socks)
         big = pattern(1024 * 1024, seed=31)
         tr.write(big)
         assert tr.get_write_buffer_size() > 0
@@ -1159,8 +914,7 @@ def test_write_of_a_non_contiguous_memoryview(loop):
     write() does not raise, the connection dies with a reported error."""
 
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             contexts = record_exceptions(lp)
             tr, proto, peer = await connect_pair(lp, s)
             try:
@@ -1170,8 +924,6 @@ def test_write_of_a_non_contiguous_memoryview(loop):
                 raised = type(exc).__name__
             await spin()
             return raised, [c["message"] for c in contexts], list(proto.events)
-        finally:
-            s.close()
 
     same_as_asyncio(loop, scenario)
 
@@ -1279,8 +1031,7 @@ def test_write_after_close_warns_like_asyncio(loop):
 
 def test_close_flushes_pending_data_before_connection_lost(loop, socks):
     async def main():
-        tr, proto, peer = await connect_pair(loop, socks, rcvbuf=SMALL_BUF)
-        shrink_sndbuf(tr)
+        tr, proto, peer = await connect_small_buffers(loop, socks)
         payload = pattern(2 * 1024 * 1024, seed=21)
         tr.write(payload)
         assert tr.get_write_buffer_size() > 0  # the peer reads nothing yet
@@ -1302,10 +1053,8 @@ def test_close_flushes_pending_data_before_connection_lost(loop, socks):
 
 def test_abort_drops_pending_data(loop, socks):
     async def scenario(lp):
-        s = Sockets()
-        try:
-            tr, proto, peer = await connect_pair(lp, s, rcvbuf=SMALL_BUF)
-            shrink_sndbuf(tr)
+        with Sockets() as s:
+            tr, proto, peer = await connect_small_buffers(lp, s)
             payload = pattern(4 * 1024 * 1024, seed=22)
             tr.write(payload)
             assert tr.get_write_buffer_size() > 0
@@ -1320,8 +1069,6 @@ def test_abort_drops_pending_data(loop, socks):
             tr.abort()  # again: nothing
             await spin()
             return list(proto.events), size_after_abort
-        finally:
-            s.close()
 
     events, size_after_abort = same_as_asyncio(loop, scenario, BIG)
     assert events == ["made", ("lost", None)]
@@ -1431,8 +1178,7 @@ def test_pause_and_resume_writing_at_the_water_marks(loop, socks):
     low, high = 16 * 1024, 64 * 1024
 
     async def main():
-        tr, proto, peer = await connect_pair(loop, socks, FlowRecorder, rcvbuf=SMALL_BUF)
-        shrink_sndbuf(tr)
+        tr, proto, peer = await connect_small_buffers(loop, socks, FlowRecorder)
         tr.set_write_buffer_limits(high=high, low=low)
         sent = await fill_transport(tr, chunk=16 * 1024, until=lambda: proto.count("pause_writing"))
         (name, size), = [e for e in proto.events if isinstance(e, tuple)]
@@ -1461,8 +1207,7 @@ def test_pause_and_resume_writing_at_the_water_marks(loop, socks):
 
 def test_lowering_the_high_water_mark_pauses_at_once(loop, socks):
     async def main():
-        tr, proto, peer = await connect_pair(loop, socks, FlowRecorder, rcvbuf=SMALL_BUF)
-        shrink_sndbuf(tr)
+        tr, proto, peer = await connect_small_buffers(loop, socks, FlowRecorder)
         await fill_transport(tr, chunk=4096)
         size = tr.get_write_buffer_size()
         assert proto.count("pause_writing") == 0 and 0 < size <= 64 * 1024
@@ -1490,8 +1235,7 @@ def test_flow_control_callback_raising_is_reported(loop, socks):
             def pause_writing(self):
                 raise ZeroDivisionError("pause")
 
-        tr, proto, peer = await connect_pair(loop, socks, Bad, rcvbuf=SMALL_BUF)
-        shrink_sndbuf(tr)
+        tr, proto, peer = await connect_small_buffers(loop, socks, Bad)
         tr.set_write_buffer_limits(high=0)
         await fill_transport(tr)
         assert [c["message"] for c in contexts] == ["protocol.pause_writing() failed"]
@@ -1526,12 +1270,7 @@ def test_get_extra_info(loop, socks, family):
 
 def test_get_extra_info_on_the_server_side(loop):
     async def main():
-        protos = []
-
-        def factory():
-            protos.append(Recorder())
-            return protos[-1]
-
+        factory, protos = collecting_factory()
         server = await loop.create_server(factory, "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]
@@ -1595,12 +1334,7 @@ def test_server_protocol_writes_and_closes_in_connection_made(loop):
             transport.close()
 
     async def main():
-        protos = []
-
-        def factory():
-            protos.append(Greeter())
-            return protos[-1]
-
+        factory, protos = collecting_factory(Greeter)
         server = await loop.create_server(factory, "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]
@@ -1624,8 +1358,7 @@ def test_abort_from_data_received(loop, socks):
             self.transport.abort()
 
     async def main():
-        tr, proto, peer = await connect_pair(loop, socks, AbortOnData, rcvbuf=SMALL_BUF)
-        shrink_sndbuf(tr)
+        tr, proto, peer = await connect_small_buffers(loop, socks, AbortOnData)
         await loop.sock_sendall(peer, b"x" * 1000)
         await proto.lost
         await spin()
@@ -1704,16 +1437,13 @@ def test_create_connection_local_addr(loop, socks):
 
 def test_create_connection_local_addr_in_use(loop):
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             lst = s.listener()
             busy = s.listener()  # local_addr: a port that is taken
             with pytest.raises(OSError) as info:
                 await lp.create_connection(Recorder, *lst.getsockname(), local_addr=busy.getsockname())
             port = str(busy.getsockname()[1])
             return type(info.value).__name__, info.value.errno, str(info.value).replace(port, "PORT")
-        finally:
-            s.close()
 
     name, code, message = same_as_asyncio(loop, scenario)
     assert code == errno.EADDRINUSE
@@ -1723,14 +1453,11 @@ def test_create_connection_local_addr_in_use(loop):
 @requires_ipv6
 def test_create_connection_local_addr_of_another_family(loop):
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             lst = s.listener(socket.AF_INET6)
             with pytest.raises(OSError) as info:
                 await lp.create_connection(Recorder, *lst.getsockname()[:2], local_addr=("127.0.0.1", 0))
             return type(info.value).__name__, str(info.value)
-        finally:
-            s.close()
 
     same_as_asyncio(loop, scenario)
 
@@ -1783,8 +1510,7 @@ def test_create_connection_unknown_host(loop):
 
 def test_create_connection_value_errors(loop):
     async def scenario(lp):
-        s = Sockets()
-        try:
+        with Sockets() as s:
             lst = s.listener()
             host, port = lst.getsockname()
             sock = s.add(socket.socket())
@@ -1808,8 +1534,6 @@ def test_create_connection_value_errors(loop):
                 else:  # pragma: no cover
                     results.append("no error")
             return results
-        finally:
-            s.close()
 
     results = same_as_asyncio(loop, scenario)
     assert results[:4] == [
@@ -2165,12 +1889,7 @@ def test_server_async_with(loop):
 @pytest.mark.parametrize("how", ["close_clients", "abort_clients"])
 def test_server_close_clients(loop, socks, how):
     async def main():
-        protos = []
-
-        def factory():
-            protos.append(Recorder())
-            return protos[-1]
-
+        factory, protos = collecting_factory()
         server = await loop.create_server(factory, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         clients = []
@@ -2240,23 +1959,7 @@ def test_connect_accepted_socket_value_errors(loop):
 # ============================================================ EMFILE on accept
 
 
-def run_child(loop, body, timeout=90):
-    kind = "shardloop" if is_shardloop(loop) else "asyncio"
-    prelude = textwrap.dedent("""\
-        import asyncio, errno, json, os, resource, socket, sys
-        if sys.argv[1] == "shardloop":
-            import shardloop
-            loop = shardloop.new_event_loop()
-        else:
-            loop = asyncio.new_event_loop()
-        """)
-    code = prelude + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code, kind], capture_output=True, text=True,
-                          timeout=timeout, cwd=os.path.dirname(os.path.abspath(__file__)))
-
-
-def child_report(proc):
-    return "rc=%s\nstdout:\n%s\nstderr (tail):\n%s" % (proc.returncode, proc.stdout, proc.stderr[-3000:])
+CHILD_PRELUDE = "import errno, json, resource\n"
 
 
 # The child exhausts its descriptors (RLIMIT_NOFILE lowered to what it has
@@ -2360,19 +2063,23 @@ loop.close()
 
 def _emfile_child(loop, phase):
     body = EMFILE_CHILD.replace("PHASE", textwrap.indent(textwrap.dedent(phase), " " * 8).strip())
-    proc = run_child(loop, body)
+    proc = run_child(loop, body, 90, CHILD_PRELUDE)
     assert proc.returncode == 0, child_report(proc)
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc
 
 
-@linux_only
-def test_accept_emfile_is_reported_and_the_server_recovers(loop):
-    result, proc = _emfile_child(loop, "pass")
+def assert_accept_failed_with_emfile_then_served(result, proc):
     report = child_report(proc)
     assert result["messages"] == ["socket.accept() out of system resource"], report
     assert result["errnos"] == [errno.EMFILE], report
     assert result["reply"] == "PING", report
     assert result["serving"] is True, report
+
+
+@linux_only
+def test_accept_emfile_is_reported_and_the_server_recovers(loop):
+    result, proc = _emfile_child(loop, "pass")
+    assert_accept_failed_with_emfile_then_served(result, proc)
 
 
 @linux_only
@@ -2386,11 +2093,7 @@ def test_accept_emfile_lasting_past_the_retry(loop):
         exhaust()  # whatever the failed attempt freed is taken again
         assert await wait_for(lambda: any(p == 1 for p, _, _ in reports), 20), "no retry"
         """)
-    report = child_report(proc)
-    assert result["messages"] == ["socket.accept() out of system resource"], report
-    assert result["errnos"] == [errno.EMFILE], report
-    assert result["reply"] == "PING", report
-    assert result["serving"] is True, report
+    assert_accept_failed_with_emfile_then_served(result, proc)
 
 
 @linux_only
@@ -2448,7 +2151,7 @@ def test_loop_closed_with_open_transports(loop):
         for fd in probe:
             os.close(fd)
         print("done")
-        """)
+        """, 90)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("done"), child_report(proc)
 
 

@@ -26,8 +26,9 @@ import threading
 
 import pytest
 
-from _support import run
-from test_tcp import close_server, echo_handler, pattern, record_exceptions, same_as_asyncio
+import _support
+from _support import (close_server, collecting_factory, echo_handler, pattern, record_exceptions, run,
+                      same_as_asyncio)
 
 HAVE_OPENSSL = shutil.which("openssl") is not None
 requires_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="no openssl command")
@@ -113,18 +114,13 @@ async def in_thread(fn, *args):
     return await asyncio.wait_for(loop.run_in_executor(None, fn, *args), PEER_TIMEOUT + 5)
 
 
-class Recorder(asyncio.Protocol):
-    def __init__(self):
-        self.loop = asyncio.get_running_loop()
-        self.transport = None
-        self.data = bytearray()
-        self.events = []
-        self.lost = self.loop.create_future()
-        self.got = None  # (future, size): resolved once `size` bytes are in
+class Recorder(_support.Recorder):
+    """The shared recorder without 'data' events (TLS records arrive in any
+    number of pieces); pause/resume_writing noted, and a wait for N bytes."""
 
-    def connection_made(self, transport):
-        self.transport = transport
-        self.events.append("made")
+    def __init__(self):
+        super().__init__()
+        self.got = None  # (future, size): resolved once `size` bytes are in
 
     def data_received(self, data):
         self.data += data
@@ -137,19 +133,11 @@ class Recorder(asyncio.Protocol):
             self.got[0].set_result(None)
         return self.got[0]
 
-    def eof_received(self):
-        self.events.append("eof")
-
     def pause_writing(self):
         self.events.append("pause_writing")
 
     def resume_writing(self):
         self.events.append("resume_writing")
-
-    def connection_lost(self, exc):
-        self.events.append(("lost", type(exc).__name__ if exc else None))
-        if not self.lost.done():
-            self.lost.set_result(exc)
 
 
 class Echo(Recorder):
@@ -165,15 +153,6 @@ class Greeter(Recorder):
         super().connection_made(transport)
         transport.write(b"hello from the server\n")
         transport.close()
-
-
-def collecting(factory):
-    """A protocol factory that keeps the protocols it made in ``.made``."""
-    def make():
-        make.made.append(factory())
-        return make.made[-1]
-    make.made = []
-    return make
 
 
 def port_of(server):
@@ -210,8 +189,7 @@ def test_flow_control_through_the_ssl_layer(loop, certs):
     the writer; once the server reads, every byte arrives in order and the
     writer is resumed."""
     async def main():
-        factory = collecting(Recorder)
-        servers = factory.made
+        factory, servers = collecting_factory(Recorder)
         server = await loop.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
         try:
             tr, client = await loop.create_connection(Recorder, "localhost", port_of(server),
@@ -251,8 +229,7 @@ def test_flow_control_through_the_ssl_layer(loop, certs):
 def test_extra_info_on_both_sides(loop, certs):
     async def main():
         ctx_s, ctx_c = certs.server_context(), certs.client_context()
-        factory = collecting(Echo)
-        servers = factory.made
+        factory, servers = collecting_factory(Echo)
         server = await loop.create_server(factory, "127.0.0.1", 0, ssl=ctx_s)
         try:
             tr, client = await loop.create_connection(Recorder, "127.0.0.1", port_of(server), ssl=ctx_c)
@@ -524,8 +501,7 @@ def _verify_failure(exc):
 def test_certificate_verification_failures(loop, certs, case):
     async def scenario(lp):
         contexts = record_exceptions(lp)
-        factory = collecting(Recorder)
-        servers = factory.made
+        factory, servers = collecting_factory(Recorder)
         server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
         kwargs = {
             "unknown_ca": dict(ssl=ssl.create_default_context()),
@@ -594,8 +570,7 @@ def test_server_handshake_timeout(loop, certs):
     """A client connects and never speaks: the server drops it and the
     protocol never sees a connection."""
     async def scenario(lp):
-        factory = collecting(Recorder)
-        protos = factory.made
+        factory, protos = collecting_factory(Recorder)
         server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context(),
                                         ssl_handshake_timeout=0.2)
         try:
@@ -661,8 +636,7 @@ def test_peer_leaving_mid_handshake_client_side(loop, certs):
 def test_peer_leaving_mid_handshake_server_side(loop, certs):
     async def scenario(lp):
         contexts = record_exceptions(lp)
-        factory = collecting(Recorder)
-        protos = factory.made
+        factory, protos = collecting_factory(Recorder)
         server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
         try:
             with socket.create_connection(("127.0.0.1", port_of(server))) as raw:
@@ -748,8 +722,7 @@ def test_sequential_connections_do_not_leak_fds(loop, certs):
         await proto.lost
 
     async def main():
-        factory = collecting(Echo)
-        served = factory.made
+        factory, served = collecting_factory(Echo)
         server = await loop.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
         ctx = certs.client_context()
         try:

@@ -24,9 +24,9 @@ import uuid
 
 import pytest
 
-from _support import PY313, is_shardloop, run, wait_until
-from test_tcp import (BIG, BufRecorder, Echo, Recorder, assert_same_bytes, close_server, echo_handler,
-                      pattern, record_exceptions, same_as_asyncio, spin)
+from _support import (BIG, PY313, BufRecorder, Echo, Recorder, assert_same_bytes, close_server,
+                      collecting_factory, echo_handler, echo_in_chunks, is_shardloop, pattern,
+                      record_exceptions, run, same_as_asyncio, spin, wait_until)
 
 requires_py313 = pytest.mark.skipif(not PY313, reason="cleanup_socket is asyncio 3.13+")
 before_py313 = pytest.mark.skipif(PY313, reason="asyncio 3.13 knows cleanup_socket")
@@ -45,17 +45,6 @@ def sockdir():
 def abstract_name(kind=str):
     name = "\0shardloop-test-%d-%s" % (os.getpid(), uuid.uuid4().hex)
     return name if kind is str else name.encode()
-
-
-def collecting_factory(cls=Recorder, **kwargs):
-    """(factory, list of the protocols it made)."""
-    made = []
-
-    def factory():
-        made.append(cls(**kwargs))
-        return made[-1]
-
-    return factory, made
 
 
 def outcome(exc):
@@ -81,19 +70,7 @@ def test_streams_echo_multi_mib(loop, sockdir):
         server = await asyncio.start_unix_server(echo_handler, path)
         try:
             reader, writer = await asyncio.open_unix_connection(path)
-
-            async def send():
-                view = memoryview(payload)
-                step = 100_003
-                for i in range(0, len(view), step):
-                    writer.write(view[i:i + step])
-                    await writer.drain()
-                writer.write_eof()
-
-            sender = asyncio.ensure_future(send())
-            received = await reader.read()
-            await sender
-            assert_same_bytes(received, payload)
+            assert_same_bytes(await echo_in_chunks(reader, writer, payload), payload)
             writer.close()
             await writer.wait_closed()
         finally:
