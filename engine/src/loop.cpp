@@ -197,6 +197,10 @@ void Loop::run_once() {
   if (uv_is_active(reinterpret_cast<uv_handle_t*>(&idle_))) uv_idle_stop(&idle_);
   block_ = ready_.empty() && !stopping_;
   if (block_) arm_deadline(block_);
+  // asyncio runs the callbacks of I/O events after those already ready, and
+  // what they queue in the next iteration; libuv runs them inside the poll,
+  // so this iteration's batch is counted before it.
+  std::size_t batch = ready_.size();
   if (block_ || must_poll()) {
     uv_run(&uv_, block_ ? UV_RUN_ONCE : UV_RUN_NOWAIT);
     sleeping_.store(false, std::memory_order_relaxed);
@@ -206,6 +210,7 @@ void Loop::run_once() {
   resume();
   // A signal hook may have aborted the run while libuv was dispatching.
   if (aborting_) return;
+  const bool io_queued = ready_.size() != batch;
   // Writers raise the flag after each push. Work whose flag is not up yet
   // keeps on_prepare from blocking (it looks at the queue itself), so it
   // is drained on the next iteration; an empty moodycamel drain costs
@@ -215,12 +220,17 @@ void Loop::run_once() {
     feeder_.drain(feeder_.ctx);
     if (aborting_) return;
   }
-  // Only what is ready now belongs to this iteration (the ready queue as it
-  // stands, then the timers due by now, as asyncio appends them); callbacks
-  // scheduled while it runs wait for the next one.
+  // Only what was ready before the poll belongs to this iteration (then the
+  // timers due by now, as asyncio appends them); callbacks scheduled since
+  // wait for the next one. Work from other threads joins the batch unless
+  // it would overtake what I/O callbacks queued. An iteration with nothing
+  // else to run runs what they queued now, as the next iteration with a
+  // poll that found nothing: a wake-up costs one poll, not two.
   const double now = timers_.empty() ? 0.0 : monotonic_now();
   const std::uint64_t timer_limit = timers_.next_seq();
-  for (std::size_t n = ready_.size(); n > 0 && !ready_.empty(); --n) {
+  if (!io_queued || (batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now)))
+    batch = ready_.size();
+  for (std::size_t n = batch; n > 0 && !ready_.empty(); --n) {
     ready_.pop_front().run();
     if (aborting_) return;
   }

@@ -102,6 +102,7 @@ class TcpTransport(asyncio.Transport):
         self.set_protocol(protocol)
         self._paused = False
         self._held: Any = None  # bytes read but not yet taken by the protocol
+        self._eof_held = False  # EOF read but not yet passed on
         self._protocol_paused = False
         self._high_water = 64 * 1024
         self._low_water = 16 * 1024
@@ -163,6 +164,8 @@ class TcpTransport(asyncio.Transport):
             # Like asyncio, the protocol hears of it from the loop, not from
             # inside resume_reading().
             self._loop.call_soon(self._deliver_held)
+        elif self._eof_held:
+            self._loop.call_soon(self._on_eof)
         else:
             self._stream.read_start()
 
@@ -180,7 +183,15 @@ class TcpTransport(asyncio.Transport):
             self._fatal_error(data, "Fatal read error on socket transport")
             return
         if not data:
-            self._on_eof()
+            # libuv reports EOF from the same poll as the bytes before it;
+            # asyncio's recv() finds it an iteration later. Going through the
+            # ready queue keeps that iteration: otherwise connection_lost()
+            # could follow the last data_received() in the same iteration, and
+            # a run_until_complete() ending there would find the transport
+            # closed (test_events' test_create_ssl_unix_connection).
+            self._stream.read_stop()
+            self._eof_held = True
+            self._loop.call_soon(self._on_eof)
             return
         self._deliver(memoryview(data) if self._buffered else data)
 
@@ -223,7 +234,11 @@ class TcpTransport(asyncio.Transport):
                 return
 
     def _on_eof(self) -> None:
-        self._stream.read_stop()
+        # close() or pause_reading() since the EOF was read hold it back, as
+        # they would have stopped asyncio's reader before its recv() saw it.
+        if self._closing or self._paused or not self._eof_held:
+            return
+        self._eof_held = False
         try:
             keep_open = self._protocol.eof_received()
         except (SystemExit, KeyboardInterrupt):

@@ -1,10 +1,13 @@
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <exception>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "shardloop/fd_watcher.hpp"
 #include "shardloop/shardloop.hpp"
 #include "test_support.hpp"
 
@@ -74,6 +77,47 @@ TEST(Loop, CallbackScheduledDuringBatchRunsNextIteration) {
   loop.run_once();
   EXPECT_EQ(seen, (std::vector<std::string>{"a", "b", "a2", "b2", "a3"}));
   EXPECT_EQ(loop.ready_count(), 0u);
+}
+
+// As in asyncio, what an I/O callback queues belongs to the next iteration
+// when other callbacks were already ready: a stop() among those returns
+// before it runs (libuv runs I/O callbacks inside the poll, so the batch is
+// counted before it).
+TEST(Loop, CallbackQueuedByIoWaitsForTheNextIteration) {
+  Watchdog dog("io batch");
+  Loop loop;
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  struct Ctx {
+    Loop* loop;
+    std::vector<std::string>* seen;
+  };
+  std::vector<std::string> seen;
+  Ctx ctx{&loop, &seen};
+  auto* watcher = shardloop::FdWatcher::open(
+      loop, fds[0],
+      [](void* p, int) noexcept {
+        auto* c = static_cast<Ctx*>(p);
+        if (!c->seen->empty() && c->seen->back() == "io") return;  // level-triggered: once is enough
+        c->seen->push_back("io");
+        c->loop->call_soon([c] { c->seen->push_back("queued by io"); });
+      },
+      &ctx);
+  watcher->watch(shardloop::FdWatcher::kReadable);
+  loop.call_soon([&] {
+    seen.push_back("ready before");
+    loop.stop();
+  });
+  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
+  EXPECT_EQ(seen, (std::vector<std::string>{"io", "ready before"}));
+  watcher->release();
+  loop.call_soon([&] { loop.stop(); });
+  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
+  EXPECT_EQ(seen, (std::vector<std::string>{"io", "ready before", "queued by io"}));
+  loop.close();
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
 
 TEST(Loop, SelfReschedulingCallbackRunsOncePerIteration) {
