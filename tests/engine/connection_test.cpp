@@ -24,12 +24,7 @@ using shardloop_test::connect_to;
 using shardloop_test::read_exactly;
 using shardloop_test::Watchdog;
 
-Runtime::Options one_shard() {
-  Runtime::Options o;
-  o.shards = 1;
-  o.pin = false;
-  return o;
-}
+Runtime::Options one_shard() { return shardloop_test::unpinned(1); }
 
 std::string pattern(std::size_t n) {
   std::string s(n, '\0');

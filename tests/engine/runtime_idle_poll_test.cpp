@@ -34,9 +34,7 @@ constexpr unsigned kForever = 100'000'000;  // 100 s
 constexpr double kStep = 10.0;               // seconds a step may take
 
 Runtime::Options idle_opts(unsigned shards, unsigned idle_poll_us) {
-  Runtime::Options o;
-  o.shards = shards;
-  o.pin = false;  // the test machine is shared: do not fight over cores
+  Runtime::Options o = shardloop_test::unpinned(shards);
   o.idle_poll_us = idle_poll_us;
   return o;
 }

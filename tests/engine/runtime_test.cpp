@@ -29,9 +29,7 @@ using shardloop_test::Latch;
 using shardloop_test::Watchdog;
 
 Runtime::Options opts(unsigned shards, std::size_t ring = 1024) {
-  Runtime::Options o;
-  o.shards = shards;
-  o.pin = false;  // the test machine is shared: do not fight over cores
+  Runtime::Options o = shardloop_test::unpinned(shards);
   o.ring_capacity = ring;
   return o;
 }

@@ -32,12 +32,7 @@ using shardloop_test::Watchdog;
 using shardloop_test::connect_to;
 using shardloop_test::read_exactly;
 
-Runtime::Options two_shards() {
-  Runtime::Options o;
-  o.shards = 2;
-  o.pin = false;
-  return o;
-}
+Runtime::Options two_shards() { return shardloop_test::unpinned(2); }
 
 TEST(RuntimeTcpServer, EchoesOnEveryShard) {
   Watchdog dog("tcp echo", 60);

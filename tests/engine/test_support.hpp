@@ -121,4 +121,13 @@ inline bool read_exactly(int fd, std::string& out, std::size_t n) {
   return true;
 }
 
+// Runtime options for tests: `shards` shards, never pinned (the test
+// machine is shared: do not fight over cores).
+inline shardloop::Runtime::Options unpinned(unsigned shards) {
+  shardloop::Runtime::Options o;
+  o.shards = shards;
+  o.pin = false;
+  return o;
+}
+
 }  // namespace shardloop_test
