@@ -72,10 +72,10 @@ bool is_coroutine_function(PyObject* fn) {
   return (code->co_flags & CO_COROUTINE) != 0;
 }
 
-// asyncio checks these only in debug mode; shardloop always does, since a
-// non-callable can only fail later, far from the call that queued it.
-bool check_callback(PyObject* callback, const char* method) {
-  if (PyCoro_CheckExact(callback) || is_coroutine_function(callback)) {
+}  // namespace
+
+bool check_callable(PyObject* callback, const char* method, bool allow_coroutine_function) {
+  if (PyCoro_CheckExact(callback) || (!allow_coroutine_function && is_coroutine_function(callback))) {
     PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
     return false;
   }
@@ -84,6 +84,14 @@ bool check_callback(PyObject* callback, const char* method) {
     return false;
   }
   return true;
+}
+
+namespace {
+
+// asyncio checks these only in debug mode; shardloop always does, since a
+// non-callable can only fail later, far from the call that queued it.
+bool check_callback(PyObject* callback, const char* method) {
+  return check_callable(callback, method, /*allow_coroutine_function=*/false);
 }
 
 // Parses the vectorcall tail `callback, *args, context=None` after `skip`

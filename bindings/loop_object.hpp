@@ -47,6 +47,9 @@ PyObject* set_asyncio_types(PyObject* module, PyObject* args);
 void loop_abort_with_exception(LoopObject* loop);
 // Hands the exception being raised to loop.call_exception_handler.
 void loop_report_callback_error(LoopObject* loop, HandleObject* handle);
+// TypeError (asyncio's message) unless `callback` is callable and not a
+// coroutine object (nor, unless allowed, a coroutine function).
+bool check_callable(PyObject* callback, const char* method, bool allow_coroutine_function);
 // Debug mode: logs a callback slower than slow_callback_duration.
 void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds);
 

@@ -129,16 +129,9 @@ bool shard_arg(RuntimeObject* self, PyObject* value, unsigned* out) {
   return true;
 }
 
+// Coroutine functions are welcome: the receiving shard runs them as tasks.
 bool callback_arg(PyObject* callback, const char* method) {
-  if (PyCoro_CheckExact(callback)) {
-    PyErr_Format(PyExc_TypeError, "coroutines cannot be used with %s()", method);
-    return false;
-  }
-  if (!PyCallable_Check(callback)) {
-    PyErr_Format(PyExc_TypeError, "a callable object was expected by %s(), got %R", method, callback);
-    return false;
-  }
-  return true;
+  return check_callable(callback, method, /*allow_coroutine_function=*/true);
 }
 
 // --- posting ---------------------------------------------------------------
