@@ -16,6 +16,7 @@ into a failure.
 """
 
 import asyncio
+import contextlib
 import errno
 import select
 import socket
@@ -36,12 +37,21 @@ def info(address):
     return (family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", address)
 
 
+def closed_addresses(*hosts):
+    """Addresses nothing listens on (connecting is refused), one per host,
+    all different: bound together, so the kernel cannot hand out one port
+    twice."""
+    with contextlib.ExitStack() as stack:
+        out = []
+        for host in hosts:
+            s = stack.enter_context(socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET))
+            s.bind((host, 0))
+            out.append(s.getsockname()[:2])
+        return out
+
+
 def closed_address(host="127.0.0.1"):
-    """An address nothing listens on (connecting is refused)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[:2]
+    return closed_addresses(host)[0]
 
 
 def dead_address(socks):
@@ -209,7 +219,7 @@ V4 = ["127.0.0.1"] * 2
 ])
 def test_interleave_order_of_attempts(loop, order, delay, interleave, expected):
     hosts = {"6": iter(V6), "4": iter(V4)}
-    addresses = [closed_address(next(hosts[c])) for c in order]
+    addresses = closed_addresses(*(next(hosts[c]) for c in order))
 
     async def scenario(lp):
         resolve_with(lp, {"many.test": addresses})
@@ -234,8 +244,9 @@ def test_interleave_order_of_attempts(loop, order, delay, interleave, expected):
 def test_the_error_when_every_attempt_fails(loop, delay, same):
     """One error said twice is raised as it is; different ones are
     combined into 'Multiple exceptions: ...'."""
-    a = closed_address()
-    b = a if same else closed_address()
+    a, b = closed_addresses("127.0.0.1", "127.0.0.1")
+    if same:
+        b = a
 
     async def scenario(lp):
         resolve_with(lp, {"two.test": [a, b]})
@@ -257,7 +268,7 @@ def test_the_error_when_every_attempt_fails(loop, delay, same):
 @requires_py312
 @pytest.mark.parametrize("delay", [None, 0.01])
 def test_all_errors_gives_every_error(loop, delay):
-    a, b = closed_address(), closed_address()
+    a, b = closed_addresses("127.0.0.1", "127.0.0.1")
 
     async def scenario(lp):
         resolve_with(lp, {"two.test": [a, b, a]})
