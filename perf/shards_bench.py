@@ -42,18 +42,16 @@ def serve(shards, port):
 
     import shardloop
 
+    # The single-loop streams echo server's handler, so that 1 shard here
+    # and the echo part's streams cell run the same code.
+    sys.path.insert(0, os.path.join(HERE, "servers"))
+    import echo_streams
+
     accepted = [0] * shards  # each shard writes only its own slot
 
     async def echo(reader, writer):
         accepted[shardloop.current_shard()] += 1
-        try:
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
+        await echo_streams.echo(reader, writer)
 
     async def main():
         server = await asyncio.start_server(echo, "127.0.0.1", port, reuse_port=True)
