@@ -38,7 +38,7 @@ inline bool loop_owns_queues(LoopObject* loop) {
 extern PyTypeObject* LoopType;
 
 int init_loop_type(PyObject* module);
-int init_tcp_stream_type(PyObject* module);
+int init_stream_type(PyObject* module);
 // _core._set_asyncio_types(Future, Task): the classes create_future/create_task make.
 PyObject* set_asyncio_types(PyObject* module, PyObject* args);
 

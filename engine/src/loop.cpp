@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "inbox.hpp"
+#include "ring.hpp"
 #include "shardloop/clock.hpp"
 
 namespace shardloop {
@@ -155,6 +156,7 @@ bool Loop::call_soon_threadsafe(std::function<void()> fn) {
 Loop::Exit Loop::run() {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   if (running_) throw std::logic_error("This event loop is already running");
+  if (want_ring_) start_ring();
   running_ = true;
   Exit exit;
   for (;;) {
@@ -269,6 +271,7 @@ bool Loop::must_poll() noexcept {
   if (uv_is_active(reinterpret_cast<const uv_handle_t*>(&deadline_))) ++own;
   if (uv_is_active(reinterpret_cast<const uv_handle_t*>(&idle_))) ++own;
   if (uv_.active_handles > own || uv_.active_reqs.count != 0 || uv_.closing_handles != nullptr) return true;
+  if (ring_ && ring_->busy()) return true;
   // libuv's millisecond clock, the one last_poll_ms_ was taken from.
   uv_update_time(&uv_);
   return uv_now(&uv_) != last_poll_ms_;
@@ -282,6 +285,13 @@ void Loop::drain_inbox() {
 
 void Loop::on_prepare(uv_prepare_t* handle) {
   auto* self = static_cast<Loop*>(handle->data);
+  // The iteration's one io_uring_enter: what callbacks prepared goes to the
+  // kernel, and what it completed meanwhile is dispatched. Those callbacks
+  // may have queued work or operations: then the poll must not block.
+  if (self->ring_ && self->ring_->flush() && self->block_) {
+    self->block_ = false;
+    uv_idle_start(&self->idle_, [](uv_idle_t*) {});
+  }
   // libuv ran its due timers and pending callbacks since run_once decided
   // to block; if they queued work, an active idle handle makes the poll
   // return at once (libuv computes the poll timeout after this callback).
@@ -419,6 +429,8 @@ void Loop::close() {
   // Engine handles close through their own close() (which frees them);
   // whatever else is still open was opened on uv() directly.
   while (owned_ != nullptr) owned_->close();
+  // Closed streams' cancellations complete before the ring goes.
+  if (ring_) ring_->drain();
   uv_walk(
       &uv_,
       [](uv_handle_t* handle, void*) {
@@ -432,6 +444,7 @@ void Loop::close() {
     signal_fds_[0] = signal_fds_[1] = -1;
   }
   int rc = uv_loop_close(&uv_);
+  ring_.reset();
   if (rc != 0) throw std::runtime_error(std::string("uv_loop_close: ") + uv_strerror(rc));
 }
 

@@ -15,13 +15,18 @@ void OwnedHandle::close() noexcept {
   closed_ = true;
   on_close();
   if (attached_) loop_.disown(this);
+  close_handle();
+}
+
+void OwnedHandle::close_handle() noexcept {
   uv_handle_t* handle = uv_handle();
   handle->data = this;
-  uv_close(handle, [](uv_handle_t* h) {
-    auto* self = static_cast<OwnedHandle*>(h->data);
-    self->uv_closed_ = true;
-    self->maybe_delete();
-  });
+  uv_close(handle, [](uv_handle_t* h) { static_cast<OwnedHandle*>(h->data)->handle_closed(); });
+}
+
+void OwnedHandle::handle_closed() noexcept {
+  uv_closed_ = true;
+  maybe_delete();
 }
 
 void OwnedHandle::release() noexcept {

@@ -72,7 +72,7 @@ struct TcpServer::Shared {
     bool closed = false;
   };
   Runtime* rt = nullptr;
-  TcpHandlers handlers;
+  std::shared_ptr<const TcpHandlers> handlers;
   bool nodelay = true;
   unsigned count = 0;
   std::unique_ptr<Listener[]> listeners;
@@ -135,21 +135,18 @@ struct TcpServer::Shared {
   }
 
   static void start(Listener& l, int fd) noexcept {
-    Connection* c;
     try {
-      c = Connection::open(*l.loop, fd, &l.owner->handlers, l.shard);  // closes fd on failure
+      Connection::start(*l.loop, fd, l.owner->handlers, l.shard);  // closes fd on failure
     } catch (...) {
       l.loop->report_error(std::current_exception());
-      return;
     }
-    c->start();
   }
 };
 
 std::shared_ptr<TcpServer> TcpServer::listen(Runtime& rt, const Options& options, TcpHandlers handlers) {
   auto shared = std::make_shared<Shared>();
   shared->rt = &rt;
-  shared->handlers = std::move(handlers);
+  shared->handlers = std::make_shared<const TcpHandlers>(std::move(handlers));
   shared->nodelay = options.nodelay;
   shared->count = rt.shard_count();
   shared->listeners.reset(new Shared::Listener[shared->count]);

@@ -1,7 +1,7 @@
 """Pipes: connect_read_pipe / connect_write_pipe.
 
 The bytes move through the native stream on libuv's uv_pipe_t
-(``_core.TcpStream(..., pipe=True)``): reads and queued writes stay in C.
+(``_core.Stream(..., pipe=True)``): reads and queued writes stay in C.
 libuv owns the descriptor it is given, so it gets a duplicate and the pipe
 object stays the caller's, closed when the transport is done, as asyncio
 does. A write pipe also watches its own fd for readability (asyncio's trick):
@@ -69,7 +69,7 @@ class _PipeTransport:
         if not self._unpollable:
             fd = os.dup(fileno)
             try:
-                self._stream = _core.TcpStream(loop, fd, self._on_read, self._on_write, _no_op, pipe=True)
+                self._stream = _core.Stream(loop, fd, self._on_read, self._on_write, _no_op, pipe=True)
             except BaseException:
                 os.close(fd)
                 raise

@@ -1,5 +1,5 @@
 """The TCP transport: asyncio's Transport contract over the native
-_core.TcpStream (libuv moves the bytes; this class keeps asyncio's rules for
+_core.Stream (the engine moves the bytes; this class keeps asyncio's rules for
 protocol calls, flow control and the order of closing)."""
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class TcpTransport(asyncio.Transport):
             fd = sock.fileno()
             self._shares_fd = True
         try:
-            self._stream = _core.TcpStream(loop, fd, self._on_read, self._on_write, self._on_shutdown,
+            self._stream = _core.Stream(loop, fd, self._on_read, self._on_write, self._on_shutdown,
                                            pipe=sock.family == socket.AF_UNIX)
         except BaseException:
             if not self._shares_fd:

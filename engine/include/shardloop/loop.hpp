@@ -11,6 +11,8 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "shardloop/owned_handle.hpp"
@@ -21,6 +23,10 @@
 namespace shardloop {
 
 class Inbox;
+class Ring;
+
+// How a loop's streams reach the kernel (see stream.hpp).
+enum class IoBackend { kEpoll, kIoUring };
 
 class Loop {
  public:
@@ -128,6 +134,19 @@ class Loop {
     timers_.for_each([&](const TimerNode& node) { f(node.work); });
   }
 
+  // Before the loop first runs. kIoUring: the loop sets up its ring on the
+  // thread that first runs it (the ring then belongs to that thread).
+  // Checked now with a real ring: when this process cannot have one,
+  // `strict` throws std::system_error naming the cause (ENOSYS, EPERM from
+  // io_uring_disabled or a seccomp filter, ENOMEM, EOPNOTSUPP for a missing
+  // opcode); otherwise the loop stays on epoll, returns false and
+  // io_fallback_reason() says why.
+  bool set_io_backend(IoBackend backend, bool strict = false);
+  IoBackend io_backend() const noexcept { return want_ring_ ? IoBackend::kIoUring : IoBackend::kEpoll; }
+  const std::string& io_fallback_reason() const noexcept { return io_fallback_; }
+  // The ring, once the loop has run on its thread (io_uring backend only).
+  Ring* ring() const noexcept { return ring_.get(); }
+
   // One read buffer per loop, shared by its streams: a read callback
   // consumes the bytes before the next read starts, and one buffer stays
   // in cache where one per connection would not.
@@ -148,6 +167,7 @@ class Loop {
   static void on_signal_readable(uv_poll_t* handle, int status, int events);
 
   char* make_read_buffer();
+  void start_ring();
   void push_ready(Work work);
   bool must_poll() noexcept;
   void arm_deadline(bool& block);
@@ -169,6 +189,10 @@ class Loop {
   std::vector<TimerNode*> set_aside_;
   std::unique_ptr<char[]> read_buffer_;
   std::unique_ptr<Inbox> inbox_;
+  std::unique_ptr<Ring> ring_;
+  std::thread::id ring_thread_{};
+  std::string io_fallback_;
+  bool want_ring_ = false;
   std::atomic<int> inbox_writers_{0};
   // Set by writers after a push: lets the loop thread pull inbox work ahead
   // of its own call_soon, so work another thread queued first runs first.

@@ -27,6 +27,11 @@ class OwnedHandle {
   virtual uv_handle_t* uv_handle() noexcept = 0;
   // Runs first in close(): cancel what the subclass has in flight.
   virtual void on_close() noexcept {}
+  // Runs last in close(): gives the handle back to libuv. An object whose
+  // resource is not a libuv handle (an io_uring stream) overrides it and
+  // calls handle_closed() itself, later, never from inside close().
+  virtual void close_handle() noexcept;
+  void handle_closed() noexcept;
 
   Loop& loop_;
 

@@ -13,8 +13,8 @@
 #include <string_view>
 #include <vector>
 
-#include "shardloop/owned_handle.hpp"
 #include "shardloop/runtime.hpp"
+#include "shardloop/stream.hpp"
 
 namespace shardloop {
 
@@ -61,23 +61,24 @@ class TcpServer {
 };
 
 // One accepted connection; only its shard's thread may use it, and only
-// until on_close has returned. Its socket is driven by readiness (a libuv
-// poll handle) with reads and writes made here: libuv's stream layer costs
-// more instructions per request than the echo itself.
-class Connection final : private OwnedHandle {
+// until on_close has returned. It is a Stream (stream.hpp) with the
+// server's handlers: the same reads, write queue and close path as
+// Python's transports, on the loop's backend (epoll or io_uring).
+class Connection final {
  public:
-  // 0 or a negative libuv error (UV_EPIPE after shutdown()). Bytes the
-  // kernel does not take at once are copied and sent in order.
+  // 0 or a negative libuv error (UV_EPIPE after shutdown(), UV_EBADF once
+  // closed). Bytes the kernel does not take at once are copied and sent in
+  // order.
   int write(const char* data, std::size_t len);
   int write(std::string_view s) { return write(s.data(), s.size()); }
   // Sends what is queued, then shuts down the write side.
   int shutdown();
   // Closes now (queued writes are dropped); on_close runs before it returns.
-  void close() noexcept { OwnedHandle::close(); }
-  bool closed() const noexcept { return OwnedHandle::closed(); }
+  void close() noexcept;
+  bool closed() const noexcept { return stream_ == nullptr; }
   // 0, or the libuv error (negative) that ended the connection.
   int error() const noexcept { return error_; }
-  std::size_t queued() const noexcept { return out_.size() - out_sent_; }
+  std::size_t queued() const noexcept;
   unsigned shard() const noexcept { return shard_; }
   Loop& loop() const noexcept { return loop_; }
 
@@ -85,31 +86,22 @@ class Connection final : private OwnedHandle {
 
  private:
   friend struct TcpServer::Shared;
-  Connection(Loop& loop, int fd, const TcpHandlers* handlers, unsigned shard);
-  ~Connection() override = default;
-  static Connection* open(Loop& loop, int fd, const TcpHandlers* handlers, unsigned shard);
-  void start() noexcept;
-  uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&poll_); }
-  void on_close() noexcept override;
-  static void on_poll(uv_poll_t* handle, int status, int events);
-  void on_readable() noexcept;
-  void on_writable() noexcept;
-  void on_poll_error() noexcept;
-  int flush() noexcept;
-  void watch() noexcept;
+  Connection(Loop& loop, std::shared_ptr<const TcpHandlers> handlers, unsigned shard)
+      : loop_(loop), handlers_(std::move(handlers)), shard_(shard) {}
+  // Takes `fd` (closed on failure) and runs on_connection.
+  static void start(Loop& loop, int fd, std::shared_ptr<const TcpHandlers> handlers, unsigned shard);
+  static void on_read(void* ctx, const char* data, ssize_t nread) noexcept;
+  static void on_write(void* ctx, int status, std::size_t queued) noexcept;
+  static void on_close(void* ctx) noexcept;
   void fail(int error) noexcept;
 
-  uv_poll_t poll_{};
-  const TcpHandlers* handlers_;
-  std::string out_;  // queued bytes; out_[0, out_sent_) already sent
-  std::size_t out_sent_ = 0;
-  int fd_;
+  Loop& loop_;
+  Stream* stream_ = nullptr;
+  // Shared with the server: a connection that outlives its listener (the
+  // loop closing it after the shard's exit hooks ran) still has them.
+  std::shared_ptr<const TcpHandlers> handlers_;
   int error_ = 0;
-  int watching_ = 0;  // the poll events asked of libuv
   unsigned shard_;
-  bool reading_ = false;
-  bool shutdown_pending_ = false;  // shut down once the queue is sent
-  bool write_closed_ = false;
 };
 
 }  // namespace shardloop

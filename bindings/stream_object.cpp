@@ -1,4 +1,4 @@
-// shardloop._core.TcpStream: the native half of a stream transport (TCP;
+// shardloop._core.Stream: the native half of a stream transport (TCP;
 // Unix sockets and pipes with pipe=True). The
 // asyncio semantics (protocol calls, flow control, close ordering) live in
 // python_pkg/shardloop/_transport.py; this type moves the bytes.
@@ -7,16 +7,16 @@
 
 #include "common.hpp"
 #include "loop_object.hpp"
-#include "shardloop/tcp_stream.hpp"
+#include "shardloop/stream.hpp"
 
 namespace shardloop::py {
 
 namespace {
 
-struct TcpStreamObject {
+struct StreamObject {
   PyObject_HEAD
   LoopObject* loop;
-  TcpStream* stream;
+  Stream* stream;
   PyObject* on_read;      // on_read(bytes) / on_read(b"") at EOF / on_read(OSError)
   PyObject* on_write;     // on_write(error or None, queued bytes)
   PyObject* on_shutdown;  // on_shutdown(error or None)
@@ -37,7 +37,7 @@ struct TcpStreamObject {
   bool fast_write;
 };
 
-PyTypeObject* TcpStreamType = nullptr;
+PyTypeObject* StreamType = nullptr;
 
 // libuv's codes are negated errno values; the C library's wording makes
 // the same message Python's own socket calls give.
@@ -47,7 +47,7 @@ PyObject* uv_error(int code) {
 
 // Protocol errors are the Python transport's business; what still escapes
 // here cannot go back through libuv. Steals the references in `args`.
-void call_back(TcpStreamObject* self, PyObject* callback, PyObject* const* args, Py_ssize_t nargs) {
+void call_back(StreamObject* self, PyObject* callback, PyObject* const* args, Py_ssize_t nargs) {
   PyObject* r = nullptr;
   bool built = true;
   for (Py_ssize_t i = 0; i < nargs; ++i) built = built && args[i] != nullptr;
@@ -64,7 +64,7 @@ void call_back(TcpStreamObject* self, PyObject* callback, PyObject* const* args,
 
 // data_received raised: SystemExit/KeyboardInterrupt stop the loop as
 // anywhere else; other errors are the transport's (_fatal_error).
-void protocol_failed(TcpStreamObject* self) {
+void protocol_failed(StreamObject* self) {
   if (exception_must_propagate()) {
     loop_abort_with_exception(self->loop);
     return;
@@ -86,7 +86,7 @@ void protocol_failed(TcpStreamObject* self) {
 }
 
 void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
-  auto* self = static_cast<TcpStreamObject*>(ctx);
+  auto* self = static_cast<StreamObject*>(ctx);
   Py_INCREF(self);  // the callback may drop the transport's last reference
   if (nread > 0 && self->data_received != nullptr) {
     PyObject* method = Py_NewRef(self->data_received);
@@ -118,7 +118,7 @@ void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
 PyObject* error_or_none(int status) { return status < 0 ? uv_error(status) : Py_NewRef(Py_None); }
 
 void on_write(void* ctx, int status, std::size_t queued) noexcept {
-  auto* self = static_cast<TcpStreamObject*>(ctx);
+  auto* self = static_cast<StreamObject*>(ctx);
   if (status >= 0 && !self->notify_writes) return;
   Py_INCREF(self);
   PyObject* args[] = {error_or_none(status), PyLong_FromSize_t(queued)};
@@ -127,7 +127,7 @@ void on_write(void* ctx, int status, std::size_t queued) noexcept {
 }
 
 void on_shutdown(void* ctx, int status) noexcept {
-  auto* self = static_cast<TcpStreamObject*>(ctx);
+  auto* self = static_cast<StreamObject*>(ctx);
   Py_INCREF(self);
   PyObject* args[] = {error_or_none(status)};
   call_back(self, self->on_shutdown, args, 1);
@@ -135,7 +135,7 @@ void on_shutdown(void* ctx, int status) noexcept {
 }
 
 void on_close(void* ctx) noexcept {
-  auto* self = static_cast<TcpStreamObject*>(ctx);
+  auto* self = static_cast<StreamObject*>(ctx);
   if (self->self_ref) {
     self->self_ref = false;
     Py_DECREF(self);
@@ -156,7 +156,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
     return nullptr;
   }
-  auto* self = reinterpret_cast<TcpStreamObject*>(type->tp_alloc(type, 0));
+  auto* self = reinterpret_cast<StreamObject*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
   self->loop = reinterpret_cast<LoopObject*>(Py_NewRef(loop));
   self->on_read = Py_NewRef(on_read_cb);
@@ -164,8 +164,8 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->on_shutdown = Py_NewRef(on_shutdown_cb);
   self->high_water = 64 * 1024;
   try {
-    self->stream = TcpStream::open(*lp->engine, fd, TcpStream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close},
-                                   pipe ? TcpStream::Kind::kPipe : TcpStream::Kind::kTcp);
+    self->stream = Stream::open(*lp->engine, fd, Stream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close},
+                                   pipe ? Stream::Kind::kPipe : Stream::Kind::kSocket);
   } catch (const std::system_error& e) {
     Py_DECREF(self);
     errno = e.code().value();
@@ -176,7 +176,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   return reinterpret_cast<PyObject*>(self);
 }
 
-PyObject* check(TcpStreamObject* self, int rc) {
+PyObject* check(StreamObject* self, int rc) {
   if (rc < 0) {
     PyObject* err = uv_error(rc);
     if (err) {
@@ -189,7 +189,7 @@ PyObject* check(TcpStreamObject* self, int rc) {
   Py_RETURN_NONE;
 }
 
-bool usable(TcpStreamObject* self) {
+bool usable(StreamObject* self) {
   if (self->stream == nullptr || self->stream->closed()) {
     PyErr_SetString(PyExc_RuntimeError, "stream is closed");
     return false;
@@ -197,15 +197,15 @@ bool usable(TcpStreamObject* self) {
   return true;
 }
 
-PyObject* tcp_read_start(TcpStreamObject* self, PyObject*) {
+PyObject* tcp_read_start(StreamObject* self, PyObject*) {
   return usable(self) ? check(self, self->stream->read_start()) : nullptr;
 }
 
-PyObject* tcp_read_stop(TcpStreamObject* self, PyObject*) {
+PyObject* tcp_read_stop(StreamObject* self, PyObject*) {
   return usable(self) ? check(self, self->stream->read_stop()) : nullptr;
 }
 
-PyObject* tcp_write(TcpStreamObject* self, PyObject* data) {
+PyObject* tcp_write(StreamObject* self, PyObject* data) {
   if (!usable(self)) return nullptr;
   Py_buffer view;
   if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) < 0) return nullptr;
@@ -224,7 +224,7 @@ PyObject* tcp_write(TcpStreamObject* self, PyObject* data) {
 // transport.write for the common case: bytes or bytearray while the
 // transport is open and writable. Everything else (type errors, writes
 // after close or write_eof, other buffers) goes to the transport's write.
-PyObject* tcp_write_fast(TcpStreamObject* self, PyObject* data) {
+PyObject* tcp_write_fast(StreamObject* self, PyObject* data) {
   const bool plain = PyBytes_CheckExact(data) || PyByteArray_CheckExact(data);
   if (!self->fast_write || !plain || self->stream == nullptr || self->stream->closed()) {
     if (self->slow_write == nullptr) return check(self, UV_EBADF);
@@ -261,7 +261,7 @@ PyObject* tcp_write_fast(TcpStreamObject* self, PyObject* data) {
 }
 
 // set_fast_paths(data_received, on_protocol_error, slow_write, over_high_water)
-PyObject* tcp_set_fast_paths(TcpStreamObject* self, PyObject* const* args, Py_ssize_t nargs) {
+PyObject* tcp_set_fast_paths(StreamObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs != 4) {
     PyErr_SetString(PyExc_TypeError, "set_fast_paths() takes 4 arguments");
     return nullptr;
@@ -274,11 +274,11 @@ PyObject* tcp_set_fast_paths(TcpStreamObject* self, PyObject* const* args, Py_ss
   Py_RETURN_NONE;
 }
 
-PyObject* tcp_shutdown(TcpStreamObject* self, PyObject*) {
+PyObject* tcp_shutdown(StreamObject* self, PyObject*) {
   return usable(self) ? check(self, self->stream->shutdown()) : nullptr;
 }
 
-PyObject* tcp_close(TcpStreamObject* self, PyObject*) {
+PyObject* tcp_close(StreamObject* self, PyObject*) {
   if (self->stream) {
     self->stream->release();
     self->stream = nullptr;
@@ -286,31 +286,31 @@ PyObject* tcp_close(TcpStreamObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
-PyObject* tcp_get_queued(TcpStreamObject* self, void*) {
+PyObject* tcp_get_queued(StreamObject* self, void*) {
   return PyLong_FromSize_t(self->stream && !self->stream->closed() ? self->stream->queued() : 0);
 }
 
-PyObject* tcp_get_notify_writes(TcpStreamObject* self, void*) { return PyBool_FromLong(self->notify_writes); }
+PyObject* tcp_get_notify_writes(StreamObject* self, void*) { return PyBool_FromLong(self->notify_writes); }
 
-int tcp_set_notify_writes(TcpStreamObject* self, PyObject* value, void*) {
+int tcp_set_notify_writes(StreamObject* self, PyObject* value, void*) {
   int flag = value ? PyObject_IsTrue(value) : 0;
   if (flag < 0) return -1;
   self->notify_writes = flag;
   return 0;
 }
 
-PyObject* tcp_get_fast_write(TcpStreamObject* self, void*) { return PyBool_FromLong(self->fast_write); }
+PyObject* tcp_get_fast_write(StreamObject* self, void*) { return PyBool_FromLong(self->fast_write); }
 
-int tcp_set_fast_write(TcpStreamObject* self, PyObject* value, void*) {
+int tcp_set_fast_write(StreamObject* self, PyObject* value, void*) {
   int flag = value ? PyObject_IsTrue(value) : 0;
   if (flag < 0) return -1;
   self->fast_write = flag;
   return 0;
 }
 
-PyObject* tcp_get_high_water(TcpStreamObject* self, void*) { return PyLong_FromSize_t(self->high_water); }
+PyObject* tcp_get_high_water(StreamObject* self, void*) { return PyLong_FromSize_t(self->high_water); }
 
-int tcp_set_high_water(TcpStreamObject* self, PyObject* value, void*) {
+int tcp_set_high_water(StreamObject* self, PyObject* value, void*) {
   if (value == nullptr) {
     PyErr_SetString(PyExc_AttributeError, "cannot delete high_water");
     return -1;
@@ -321,11 +321,11 @@ int tcp_set_high_water(TcpStreamObject* self, PyObject* value, void*) {
   return 0;
 }
 
-PyObject* tcp_get_closed(TcpStreamObject* self, void*) {
+PyObject* tcp_get_closed(StreamObject* self, void*) {
   return PyBool_FromLong(self->stream == nullptr || self->stream->closed());
 }
 
-int tcp_traverse(TcpStreamObject* self, visitproc visit, void* arg) {
+int tcp_traverse(StreamObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->loop);
   Py_VISIT(self->on_read);
@@ -338,7 +338,7 @@ int tcp_traverse(TcpStreamObject* self, visitproc visit, void* arg) {
   return 0;
 }
 
-int tcp_clear(TcpStreamObject* self) {
+int tcp_clear(StreamObject* self) {
   Py_CLEAR(self->on_read);
   Py_CLEAR(self->on_write);
   Py_CLEAR(self->on_shutdown);
@@ -349,7 +349,7 @@ int tcp_clear(TcpStreamObject* self) {
   return 0;
 }
 
-void tcp_dealloc(TcpStreamObject* self) {
+void tcp_dealloc(StreamObject* self) {
   PyTypeObject* type = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
   if (self->stream) self->stream->release();
@@ -394,15 +394,15 @@ PyType_Slot tcp_slots[] = {
 };
 
 PyType_Spec tcp_spec = {
-    "shardloop._core.TcpStream", sizeof(TcpStreamObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, tcp_slots,
+    "shardloop._core.Stream", sizeof(StreamObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, tcp_slots,
 };
 
 }  // namespace
 
-int init_tcp_stream_type(PyObject* module) {
-  TcpStreamType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tcp_spec, nullptr));
-  if (TcpStreamType == nullptr) return -1;
-  return PyModule_AddObjectRef(module, "TcpStream", reinterpret_cast<PyObject*>(TcpStreamType));
+int init_stream_type(PyObject* module) {
+  StreamType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tcp_spec, nullptr));
+  if (StreamType == nullptr) return -1;
+  return PyModule_AddObjectRef(module, "Stream", reinterpret_cast<PyObject*>(StreamType));
 }
 
 }  // namespace shardloop::py

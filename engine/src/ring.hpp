@@ -1,0 +1,95 @@
+// The io_uring backend's ring: one per loop, made on the loop's thread when
+// it first runs. Operations are prepared while callbacks run and submitted
+// together right before the loop waits, with the completions the kernel
+// has ready fetched by the same io_uring_enter. The ring's eventfd sits in
+// the loop's epoll set, so a completion wakes a sleeping loop like any
+// other I/O; timers, signals and everything else stay on libuv.
+#pragma once
+
+#include <liburing.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shardloop {
+
+class Loop;
+class Stream;
+
+class Ring {
+ public:
+  // Provided buffers for multishot recv: a completion names the buffer the
+  // kernel filled; it goes back to the kernel once the owner has read it.
+  static constexpr unsigned kBuffers = 1024;
+  static constexpr unsigned kBufferSize = 16 * 1024;
+  static constexpr unsigned kEntries = 1024;
+
+  // Throws std::system_error naming the call and cause that failed.
+  explicit Ring(Loop& loop);
+  ~Ring();
+  Ring(const Ring&) = delete;
+  Ring& operator=(const Ring&) = delete;
+
+  // Whether this process can set up a ring the way Ring does (and has the
+  // opcodes it uses); throws std::system_error naming the cause if not.
+  static void probe();
+  // Which setup flags this kernel took, e.g. "SINGLE_ISSUER|DEFER_TASKRUN".
+  const std::string& setup() const noexcept { return setup_name_; }
+
+  // An SQE for `stream`'s operation `op`; submits first when the queue is
+  // full. The stream counts the operation in flight until its last
+  // completion has been dispatched.
+  io_uring_sqe* sqe(Stream* stream, unsigned op) noexcept;
+  void nop(Stream* stream, unsigned op) noexcept { io_uring_prep_nop(sqe(stream, op)); }
+  static std::uint64_t tag(Stream* stream, unsigned op) noexcept {
+    return reinterpret_cast<std::uintptr_t>(stream) | op;
+  }
+
+  // The stream has bytes to send: its send is prepared in the next flush.
+  void mark_dirty(Stream* stream);
+  const char* buffer(unsigned bid) const noexcept { return bufs_ + std::size_t(bid) * kBufferSize; }
+  void recycle(unsigned bid) noexcept;
+
+  // Prepares the dirty streams' sends, submits everything and dispatches
+  // the completions that are ready. Loop thread; true when any was
+  // dispatched (callbacks ran, so the loop should not block).
+  bool flush() noexcept;
+  // Operations in flight or sends waiting: the loop must go through a
+  // poll (where flush() runs) rather than skip it.
+  bool busy() const noexcept;
+  // At loop close: waits until no operation is in flight.
+  void drain() noexcept;
+  // Submissions (io_uring_enter calls) so far: for tests and benchmarks.
+  std::uint64_t enters() const noexcept { return enters_; }
+
+ private:
+  static void on_event(uv_poll_t* handle, int status, int events);
+  int submit(bool wait) noexcept;
+  void harvest() noexcept;
+  bool dispatch() noexcept;
+  void release() noexcept;
+
+  struct Completion {
+    std::uint64_t user_data;
+    int res;
+    unsigned flags;
+  };
+
+  Loop& loop_;
+  io_uring ring_{};
+  io_uring_buf_ring* br_ = nullptr;
+  char* bufs_ = nullptr;
+  int efd_ = -1;
+  uv_poll_t poll_{};
+  std::vector<Stream*> dirty_;
+  std::vector<Completion> cqes_;  // taken off the ring, not yet dispatched
+  std::uint64_t live_ = 0;   // operations whose last completion is due
+  std::uint64_t enters_ = 0;
+  unsigned unsubmitted_ = 0;
+  std::string setup_name_;
+  bool event_pending_ = false;
+};
+
+}  // namespace shardloop
