@@ -158,7 +158,7 @@ sdist: deps
 # The Sphinx site; warnings are errors, and every name in shardloop.__all__
 # must be documented (tests/packaging/check_docs.py).
 docs: install
-	$(VENV)/bin/sphinx-build -q -W --keep-going -b html docs build/docs/html
+	$(VENV)/bin/sphinx-build -q -E -W --keep-going -b html docs build/docs/html
 	$(VPY) tests/packaging/check_docs.py build/docs/html
 
 bench: install
