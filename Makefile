@@ -2,6 +2,8 @@
 # make demo   build, install into .venv, run the demo
 # make test   GoogleTest (ctest) + pytest, the same under ASan/UBSan, TSan, integration, conformance gate
 # make bench  shardloop vs uvloop vs asyncio: micro, callgrind, echo, TLS, HTTP, shards, native -> perf/results/
+# make wheel  manylinux wheel with libuv bundled (auditwheel) -> dist/;  make sdist  source archive -> dist/
+# make docs   the Sphinx site from docs/ -> build/docs/html
 
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -15,6 +17,7 @@ CMAKE_PY_ARGS = -DPython_EXECUTABLE=$(abspath $(VPY)) -Dpybind11_DIR=$$($(VPY) -
 ASAN_RT = $(shell g++ -print-file-name=libasan.so) $(shell g++ -print-file-name=libstdc++.so)
 
 .PHONY: deps apt venv build install demo test test-engine test-python test-asan test-tsan test-versions bench bench-native clean
+.PHONY: wheel sdist test-wheel docs
 
 deps: apt venv
 
@@ -32,7 +35,8 @@ $(VENV)/.deps-stamp: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q $$($(VPY) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
-	  print(" ".join(repr(r) for r in d["build-system"]["requires"] + d["project"]["optional-dependencies"]["test"]))' | tr -d "'")
+	  x = d["project"]["optional-dependencies"]; \
+	  print(" ".join(repr(r) for r in d["build-system"]["requires"] + x["test"] + x["docs"] + x["dist"]))' | tr -d "'")
 	touch $@
 
 build: deps
@@ -47,7 +51,7 @@ demo: install
 	$(VPY) -m shardloop
 
 test: test-engine test-python test-asan test-tsan
-test: test-integration conformance-gate
+test: test-integration conformance-gate test-wheel docs
 
 test-engine: build
 	cd build && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
@@ -130,6 +134,33 @@ test-ft: $(FT_VENV)/.deps-stamp
 	$(FT_PY) -m pip install -q --no-build-isolation --force-reinstall --no-deps -C build-dir=build-ft/wheel .
 	cd tests && ../$(FT_PY) -m pytest -q -p no:cacheprovider ../tests/python ../tests/integration
 
+# The wheel shares install's scikit-build-core cache (build/{wheel_tag}); auditwheel
+# copies libuv (and any other library outside the manylinux set) into
+# shardloop.libs and tags the wheel with the oldest glibc its symbols allow.
+wheel: deps
+	rm -rf build/wheelhouse && rm -f dist/shardloop-*.whl
+	$(VPY) -m pip wheel -q --no-build-isolation --no-deps -C build-dir=build/{wheel_tag} -w build/wheelhouse .
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/auditwheel repair -w dist build/wheelhouse/shardloop-*.whl \
+	  >build/wheelhouse/repair.log 2>&1 || { cat build/wheelhouse/repair.log; exit 1; }
+	ls dist/shardloop-*.whl
+	$(VENV)/bin/twine check --strict dist/shardloop-*.whl
+
+# The wheel in a fresh venv, with the system's libuv hidden in a private mount
+# namespace: imports, loads shardloop.libs' libuv, echoes over TCP.
+test-wheel: wheel
+	$(VPY) tests/packaging/check_wheel.py dist
+
+sdist: deps
+	rm -f dist/shardloop-*.tar.gz
+	$(VPY) -m build --sdist --no-isolation --outdir dist . | tail -1
+	$(VENV)/bin/twine check --strict dist/shardloop-*.tar.gz
+
+# The Sphinx site; warnings are errors, and every name in shardloop.__all__
+# must be documented (tests/packaging/check_docs.py).
+docs: install
+	$(VENV)/bin/sphinx-build -q -E -W --keep-going -b html docs build/docs/html
+	$(VPY) tests/packaging/check_docs.py build/docs/html
+
 bench: install
 	$(VPY) perf/bench.py
 
@@ -141,4 +172,4 @@ bench-native: deps
 	$(VPY) perf/native/compare.py --bin-dir build-native/perf/native
 
 clean:
-	rm -rf build build-asan build-tsan build-ft build-native
+	rm -rf build build-asan build-tsan build-ft build-native dist

@@ -18,10 +18,10 @@ import sys as _sys
 import warnings as _warnings
 from typing import Any as _Any, Callable as _Callable, Coroutine as _Coroutine, TypeVar as _TypeVar
 
+from ._core import engine_version as __version__
 from ._loop import Loop
 from ._shards import ShardedServer, ShardStopped, current_shard, loop_of, shard_count, submit_to
 
-__version__ = "0.1.0"
 __all__ = ("new_event_loop", "install", "run", "Loop", "EventLoopPolicy", "current_shard", "shard_count",
            "submit_to", "loop_of", "start_server", "create_server", "ShardedServer", "ShardStopped")
 
