@@ -488,6 +488,7 @@ PyMethodDef loop_methods[] = {
     {"is_closed", reinterpret_cast<PyCFunction>(loop_is_closed), METH_NOARGS, nullptr},
     {"get_debug", reinterpret_cast<PyCFunction>(loop_get_debug), METH_NOARGS, nullptr},
     {"set_debug", reinterpret_cast<PyCFunction>(loop_set_debug), METH_O, nullptr},
+    {"_set_io_backend", reinterpret_cast<PyCFunction>(loop_set_io_backend), METH_O, nullptr},
     {"_run", reinterpret_cast<PyCFunction>(loop_run), METH_NOARGS, nullptr},
     {"_close_native", reinterpret_cast<PyCFunction>(loop_close_native), METH_NOARGS, nullptr},
     {"_add_reader", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_reader)), METH_FASTCALL, nullptr},
@@ -501,6 +502,7 @@ PyMethodDef loop_methods[] = {
 };
 
 PyGetSetDef loop_getset[] = {
+    {"io_backend", reinterpret_cast<getter>(loop_get_io_backend), nullptr, "\"epoll\" or \"io_uring\"", nullptr},
     {"_task_factory", reinterpret_cast<getter>(get_task_factory), reinterpret_cast<setter>(set_task_factory),
      nullptr, nullptr},
     {"_thread_id", reinterpret_cast<getter>(get_thread_id), reinterpret_cast<setter>(set_thread_id), nullptr, nullptr},

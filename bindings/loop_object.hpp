@@ -52,5 +52,8 @@ void loop_report_callback_error(LoopObject* loop, HandleObject* handle);
 bool check_callable(PyObject* callback, const char* method, bool allow_coroutine_function);
 // Debug mode: logs a callback slower than slow_callback_duration.
 void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds);
+// loop_io_backend.cpp
+PyObject* loop_set_io_backend(LoopObject* self, PyObject* mode);
+PyObject* loop_get_io_backend(LoopObject* self, void*);
 
 }  // namespace shardloop::py

@@ -84,6 +84,7 @@ std::vector<int> Runtime::usable_cpus() {
 Runtime::Runtime(Options options) : cpus_(usable_cpus()) {
   count_ = options.shards ? options.shards : static_cast<unsigned>(cpus_.size());
   pin_ = options.pin && count_ <= cpus_.size();
+  io_uring_ = options.io_uring;
   // A shard spinning on a CPU another shard needs delays that shard.
   if (count_ <= cpus_.size()) idle_poll_s_ = options.idle_poll_us * 1e-6;
   shards_.reset(new Shard[count_]);
@@ -383,6 +384,7 @@ void Runtime::run(std::function<void(unsigned)> init) {
   unsigned attached = 0;
   auto body = [&](unsigned s) {
     Loop loop;
+    if (io_uring_) loop.set_io_backend(IoBackend::kIoUring);
     attach(s, loop);
     {
       std::unique_lock<std::mutex> lock(gate_mu);

@@ -89,17 +89,11 @@ int Stream::write(const char* data, std::size_t len) {
   if (closed()) return UV_EBADF;
   if (write_closed_ || shutdown_pending_ || write_failed_) return UV_EPIPE;
   if (len == 0) return 0;
-  if (ring_) {
-    try {
-      out_.append(data, len);
-    } catch (const std::bad_alloc&) {
-      return UV_ENOMEM;
-    }
-    ring_->mark_dirty(this);
-    return 0;
-  }
-  if (queued() == 0) {
-    // Nothing may overtake queued bytes; with none, try the kernel first.
+  if (queued() == 0 && !send_inflight_) {
+    // Nothing may overtake queued bytes; with none, try the kernel first,
+    // on both backends: what it takes now is not "queued" to the owner
+    // (asyncio's transports count only what the socket refused), and
+    // bytes written after close() then behave as on asyncio's loop.
     ssize_t n;
     do n = kind_ == Kind::kSocket ? ::send(fd_, data, len, MSG_NOSIGNAL) : ::write(fd_, data, len);
     while (n < 0 && errno == EINTR);
@@ -112,15 +106,20 @@ int Stream::write(const char* data, std::size_t len) {
     }
     sending_.clear();
     sent_ = 0;
-  } else {
+  } else if (!ring_) {
     compact();
   }
   try {
-    sending_.append(data, len);
+    // io_uring: the buffer of a send in flight stays put; later bytes
+    // collect in out_ and leave together as the next send.
+    (ring_ ? out_ : sending_).append(data, len);
   } catch (const std::bad_alloc&) {
     return UV_ENOMEM;
   }
-  epoll_watch();
+  if (ring_)
+    ring_->mark_dirty(this);
+  else
+    epoll_watch();
   return 0;
 }
 

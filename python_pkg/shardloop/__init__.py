@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio as _asyncio
 import functools as _functools
+import logging as _logging
 import os as _os
 import sys as _sys
 import warnings as _warnings
@@ -38,17 +39,51 @@ def _shard_count(shards: int | None) -> int:
     return shards
 
 
-def new_event_loop(*, shards: int | None = 1, pin: bool = False) -> Loop:
+def _io_uring_mode(io_uring: bool | None) -> int:
+    # 0: epoll; 1: io_uring or OSError; 2: io_uring where this process can
+    # have a ring, else epoll.
+    if io_uring is None:
+        value = _os.environ.get("SHARDLOOP_IO_URING", "0").strip().lower()
+        modes = {"0": 0, "": 0, "1": 1, "auto": 2}
+        if value not in modes:
+            raise ValueError(f"SHARDLOOP_IO_URING must be 0, 1 or auto, got {value!r}")
+        return modes[value]
+    if not isinstance(io_uring, bool):
+        raise TypeError(f"io_uring must be a bool or None, got {type(io_uring).__name__}")
+    return 1 if io_uring else 0
+
+
+def _make_loop(mode: int) -> Loop:
+    loop = Loop()
+    if mode:
+        try:
+            reason = loop._set_io_backend(mode)
+        except BaseException:
+            loop.close()
+            raise
+        if reason is not None:
+            _logging.getLogger("shardloop").debug("io_uring unavailable (%s): using epoll", reason)
+    return loop
+
+
+def new_event_loop(*, shards: int | None = 1, pin: bool = False, io_uring: bool | None = None) -> Loop:
     """Return a new shardloop event loop. With shards > 1 (None: one per CPU
     this process may use) it is shard 0 of a thread-per-core runtime whose
     other shards run until it is closed; pin=True pins each shard's thread
-    to one CPU."""
+    to one CPU.
+
+    io_uring selects the I/O backend of every loop made: False, epoll; True,
+    io_uring or OSError naming why this process cannot have it; None, what
+    the environment variable SHARDLOOP_IO_URING says (0, the default: epoll;
+    1: as True; auto: io_uring where available, else epoll). The loop's
+    io_backend attribute tells which it got."""
     count = _shard_count(shards)
-    loop = Loop()
+    mode = _io_uring_mode(io_uring)
+    loop = _make_loop(mode)
     if count > 1:
         from ._shards import Runtime
         try:
-            Runtime(count, pin=pin).start(loop, Loop)
+            Runtime(count, pin=pin).start(loop, _functools.partial(_make_loop, mode))
         except BaseException:
             loop.close()
             raise
@@ -81,13 +116,15 @@ class _EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
     """asyncio's default policy, making shardloop loops (shard 0 of a
     runtime of `shards` loops when shards > 1)."""
 
-    def __init__(self, shards: int | None = 1, *, pin: bool = False) -> None:
+    def __init__(self, shards: int | None = 1, *, pin: bool = False, io_uring: bool | None = None) -> None:
         super().__init__()
         self._shards = _shard_count(shards)
         self._pin = pin
+        _io_uring_mode(io_uring)  # bad values fail here, not at the first loop
+        self._io_uring = io_uring
 
     def _loop_factory(self) -> Loop:
-        return new_event_loop(shards=self._shards, pin=self._pin)
+        return new_event_loop(shards=self._shards, pin=self._pin, io_uring=self._io_uring)
 
     def __repr__(self) -> str:
         return f"<shardloop.EventLoopPolicy at {id(self):#x}>"
@@ -121,14 +158,15 @@ def install() -> None:
 
 
 def run(main: _Coroutine[_Any, _Any, _T], *, loop_factory: _Callable[[], _asyncio.AbstractEventLoop] | None = None,
-        debug: bool | None = None, shards: int | None = 1, pin: bool = False, **run_kwargs: _Any) -> _T:
+        debug: bool | None = None, shards: int | None = 1, pin: bool = False, io_uring: bool | None = None,
+        **run_kwargs: _Any) -> _T:
     """Run a coroutine on a new shardloop loop, like asyncio.run(); with
     shards > 1 it runs on shard 0 of a thread-per-core runtime."""
     if run_kwargs:
         raise TypeError(f"run() got unexpected keyword arguments: {', '.join(sorted(run_kwargs))}")
     count = _shard_count(shards)
-    if loop_factory is not None and count > 1:
-        raise ValueError("run() takes loop_factory or shards, not both")
-    factory = loop_factory or _functools.partial(new_event_loop, shards=count, pin=pin)
+    if loop_factory is not None and (count > 1 or io_uring is not None):
+        raise ValueError("run() takes loop_factory or shards/io_uring, not both")
+    factory = loop_factory or _functools.partial(new_event_loop, shards=count, pin=pin, io_uring=io_uring)
     with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

@@ -24,7 +24,15 @@ using shardloop_test::connect_to;
 using shardloop_test::read_exactly;
 using shardloop_test::Watchdog;
 
-Runtime::Options one_shard() { return shardloop_test::unpinned(1); }
+// Every test runs on both I/O backends (GetParam(): io_uring).
+class ConnectionTest : public ::testing::TestWithParam<bool> {
+ protected:
+  Runtime::Options one_shard() const {
+    Runtime::Options o = shardloop_test::unpinned(1);
+    o.io_uring = GetParam();
+    return o;
+  }
+};
 
 std::string pattern(std::size_t n) {
   std::string s(n, '\0');
@@ -44,7 +52,7 @@ std::string read_to_eof(int fd) {
 
 // 16 MiB written at once to a peer that is not reading: most of it is
 // queued, written in order as the peer reads, and shutdown() waits for it.
-TEST(Connection, QueuedWritesAndShutdownUnderBackPressure) {
+TEST_P(ConnectionTest, QueuedWritesAndShutdownUnderBackPressure) {
   Watchdog dog("connection back-pressure", 60);
   const std::string data = pattern(16 << 20);
   Runtime rt(one_shard());
@@ -86,7 +94,7 @@ TEST(Connection, QueuedWritesAndShutdownUnderBackPressure) {
 }
 
 // With on_eof the connection stays open for writing after the peer's FIN.
-TEST(Connection, HalfCloseLeavesTheWriteSideOpen) {
+TEST_P(ConnectionTest, HalfCloseLeavesTheWriteSideOpen) {
   Watchdog dog("connection half-close", 30);
   Runtime rt(one_shard());
   std::atomic<int> eofs{0}, closes{0};
@@ -127,7 +135,7 @@ TEST(Connection, HalfCloseLeavesTheWriteSideOpen) {
 }
 
 // A reset from the peer ends the connection with UV_ECONNRESET.
-TEST(Connection, PeerResetIsAnError) {
+TEST_P(ConnectionTest, PeerResetIsAnError) {
   Watchdog dog("connection reset", 30);
   Runtime rt(one_shard());
   int error = 0;
@@ -151,7 +159,7 @@ TEST(Connection, PeerResetIsAnError) {
 
 // close() from inside on_data: on_close runs once, before close() returns,
 // later writes are refused, and nothing more is read.
-TEST(Connection, CloseFromInsideOnData) {
+TEST_P(ConnectionTest, CloseFromInsideOnData) {
   Watchdog dog("connection close in handler", 30);
   Runtime rt(one_shard());
   int data_calls = 0, closes = 0, write_after = 0;
@@ -184,5 +192,8 @@ TEST(Connection, CloseFromInsideOnData) {
   EXPECT_EQ(write_after, UV_EBADF);
   EXPECT_EQ(rest, "");
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, ConnectionTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "io_uring" : "epoll"; });
 
 }  // namespace

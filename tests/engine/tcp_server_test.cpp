@@ -32,18 +32,29 @@ using shardloop_test::Watchdog;
 using shardloop_test::connect_to;
 using shardloop_test::read_exactly;
 
-Runtime::Options two_shards() { return shardloop_test::unpinned(2); }
+// The server tests run on both I/O backends (GetParam(): io_uring).
+class ServerTest : public ::testing::TestWithParam<bool> {
+ protected:
+  Runtime::Options two_shards() const {
+    Runtime::Options o = shardloop_test::unpinned(2);
+    o.io_uring = GetParam();
+    return o;
+  }
+};
 
-TEST(RuntimeTcpServer, EchoesOnEveryShard) {
+TEST_P(ServerTest, EchoesOnEveryShard) {
   Watchdog dog("tcp echo", 60);
   constexpr int kConns = 200;
   Runtime rt(two_shards());
   std::atomic<int> opened[2] = {0, 0};
   std::atomic<int> closed{0};
   std::atomic<int> wrong_shard{0};
+  std::atomic<int> wrong_backend{0};
   TcpHandlers h;
   h.on_connection = [&](Connection& c) {
     if (static_cast<int>(c.shard()) != Runtime::this_shard()) ++wrong_shard;
+    // The ring exists on exactly the io_uring runs (this kernel has one).
+    if ((c.loop().ring() != nullptr) != GetParam()) ++wrong_backend;
     opened[c.shard()].fetch_add(1);
   };
   h.on_data = [&](Connection& c, const char* data, std::size_t len) {
@@ -79,6 +90,7 @@ TEST(RuntimeTcpServer, EchoesOnEveryShard) {
   EXPECT_EQ(echoed.load(), kConns);
   EXPECT_EQ(closed.load(), kConns);
   EXPECT_EQ(wrong_shard.load(), 0);
+  EXPECT_EQ(wrong_backend.load(), 0);
   auto per = server->connections_per_shard();
   ASSERT_EQ(per.size(), 2u);
   EXPECT_EQ(per[0] + per[1], static_cast<std::uint64_t>(kConns));
@@ -94,7 +106,7 @@ TEST(RuntimeTcpServer, EchoesOnEveryShard) {
 
 // Closing the server stops accepting on every shard; open connections stay
 // until the runtime shuts down, which closes them (on_close runs).
-TEST(RuntimeTcpServer, CloseStopsListeningShutdownClosesConnections) {
+TEST_P(ServerTest, CloseStopsListeningShutdownClosesConnections) {
   Watchdog dog("tcp close", 30);
   Runtime rt(two_shards());
   std::atomic<int> opened{0}, closed{0};
@@ -127,7 +139,7 @@ TEST(RuntimeTcpServer, CloseStopsListeningShutdownClosesConnections) {
 }
 
 TEST(RuntimeTcpServer, BadHostAndBusyPortThrow) {
-  Runtime rt(two_shards());
+  Runtime rt(shardloop_test::unpinned(2));
   TcpServer::Options o;
   o.host = "not-an-address";
   EXPECT_THROW(TcpServer::listen(rt, o, {}), std::system_error);
@@ -145,6 +157,9 @@ TEST(RuntimeTcpServer, BadHostAndBusyPortThrow) {
   EXPECT_THROW(TcpServer::listen(rt, o, {}), std::system_error);
   ::close(fd);
 }
+
+INSTANTIATE_TEST_SUITE_P(Backends, ServerTest, ::testing::Values(false, true),
+                         [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "io_uring" : "epoll"; });
 
 TEST(RuntimeTimer, OnceRepeatStopAndLoopClose) {
   Watchdog dog("timer");

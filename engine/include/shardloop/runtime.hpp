@@ -173,6 +173,10 @@ class Runtime {
     // are more shards than CPUs. The spin never holds the GIL: it runs
     // after the loop's before_wait hook.
     unsigned idle_poll_us = 0;
+    // run(): each shard's loop on the io_uring backend (stream.hpp), where
+    // this process can have a ring; otherwise epoll (Loop::io_backend()
+    // says which, Loop::io_fallback_reason() why).
+    bool io_uring = false;
   };
 
   explicit Runtime(Options options);
@@ -270,6 +274,7 @@ class Runtime {
   bool pin_;
   double idle_poll_s_ = 0;  // 0: off
   std::vector<int> cpus_;
+  bool io_uring_ = false;
   std::unique_ptr<Shard[]> shards_;
 
   mutable std::mutex mu_;
