@@ -164,6 +164,25 @@ class _ChildWatch:
         except OSError:
             self._close_pidfd()
             self._start_thread()
+            return
+        self._loop._child_watches.add(self)
+
+    def hand_over(self) -> None:
+        """The loop closes with the child not yet reaped: a thread waits for
+        it, so it never stays a zombie (asyncio's watcher thread reaps
+        whether or not its loop still runs). Nobody is told."""
+        self._loop._remove_reader(self._pidfd)
+        self._transport = None
+        threading.Thread(target=self._reap_after_close, name=f"waitid-{self._pid}", daemon=True).start()
+
+    def _reap_after_close(self) -> None:
+        try:
+            result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED)
+        except OSError:
+            result = None  # reaped elsewhere, or no P_PIDFD: nothing to do
+        if result is not None and self._proc.returncode is None:
+            self._proc.returncode = result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
+        self._close_pidfd()
 
     def _close_pidfd(self) -> None:
         if self._pidfd >= 0:
@@ -246,6 +265,7 @@ class _ChildWatch:
         return _UNKNOWN_RETURNCODE
 
     def _deliver(self, returncode: int) -> None:
+        self._loop._child_watches.discard(self)
         transport, self._transport = self._transport, None
         # One more iteration, as asyncio does, so output read together with
         # the exit is handed over first.
@@ -263,12 +283,22 @@ class _ChildWatch:
 
 
 class SubprocessMixin:
+    # The children watched through a pidfd and not yet reaped.
+    _child_watches: set
+
+    def _close_child_watches(self) -> None:
+        watches = getattr(self, "_child_watches", None)
+        while watches:
+            watches.pop().hand_over()
+
     async def _make_subprocess_transport(self, protocol: Any, args: Any, shell: bool, stdin: Any,
                                          stdout: Any, stderr: Any, bufsize: int,
                                          extra: dict | None = None, **kwargs: Any) -> SubprocessTransport:
         waiter = self.create_future()  # type: ignore[attr-defined]
         transport = SubprocessTransport(self, protocol, args, shell, stdin, stdout, stderr, bufsize,
                                         waiter=waiter, extra=extra, **kwargs)
+        if not hasattr(self, "_child_watches"):
+            self._child_watches = set()
         _ChildWatch(self, transport).start()
         try:
             await waiter
