@@ -38,6 +38,9 @@ _UNKNOWN_RETURNCODE = 255
 _SETUP_ERROR_NAMES_CWD = sys.version_info < (3, 13)
 
 
+_STDLIB_POPEN = subprocess.Popen
+
+
 class _Popen(subprocess.Popen):
     """Popen with the child started by the engine: nothing on the loop thread
     waits in a Python call (os.read) for the exec. The steps and the errors
@@ -121,8 +124,11 @@ class _Popen(subprocess.Popen):
 class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     def _start(self, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any,
                bufsize: int, **kwargs: Any) -> None:
-        self._proc = _Popen(args, shell=shell, stdin=stdin, stdout=stdout, stderr=stderr,
-                            universal_newlines=False, bufsize=bufsize, **kwargs)
+        # Code that replaces subprocess.Popen (tests mock it) sees its
+        # replacement called, as on asyncio's loop.
+        popen = _Popen if subprocess.Popen is _STDLIB_POPEN else subprocess.Popen
+        self._proc = popen(args, shell=shell, stdin=stdin, stdout=stdout, stderr=stderr,
+                           universal_newlines=False, bufsize=bufsize, **kwargs)
 
 
 class _ChildWatch:
