@@ -187,7 +187,7 @@ class _ChildWatch:
         except OSError:
             result = None  # reaped elsewhere, or no P_PIDFD: nothing to do
         if result is not None and self._proc.returncode is None:
-            self._proc.returncode = result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
+            self._proc.returncode = _exit_code(result)
         self._close_pidfd()
 
     def _close_pidfd(self) -> None:
@@ -245,11 +245,7 @@ class _ChildWatch:
             # No P_PIDFD (kernel before 5.4): the pid, still without waiting.
             pid, status = os.waitpid(self._pid, os.WNOHANG)
             return os.waitstatus_to_exitcode(status) if pid else None
-        if result is None:
-            return None
-        if result.si_code == os.CLD_EXITED:
-            return result.si_status
-        return -result.si_status  # killed, or dumped core
+        return None if result is None else _exit_code(result)
 
     def _reap(self) -> int:
         # The thread's wait (no pidfd): blocking is its job.
@@ -286,6 +282,12 @@ class _ChildWatch:
             self._loop.call_soon_threadsafe(self._deliver, code)
         except RuntimeError:
             pass  # the loop has closed: nobody is left to tell
+
+
+def _exit_code(result: Any) -> int:
+    """A waitid() result as a returncode: the status, or minus the signal
+    that killed the child (with or without a core dump)."""
+    return result.si_status if result.si_code == os.CLD_EXITED else -result.si_status
 
 
 class SubprocessMixin:
