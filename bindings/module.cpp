@@ -13,6 +13,10 @@ namespace shardloop::py {
 int init_runtime_type(PyObject* module);  // runtime_object.cpp
 }
 
+namespace shardloop::py_bindings {
+void init_process(pybind11::module_& m);  // process.cpp
+}
+
 namespace {
 
 PyObject* raw_noop(PyObject*, PyObject* const*, Py_ssize_t) { Py_RETURN_NONE; }
@@ -36,5 +40,6 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.attr("engine_version") = shardloop::kVersion;
   m.def("libuv_version", [] { return std::string(uv_version_string()); },
         "Version of the libuv the engine runs on.");
+  shardloop::py_bindings::init_process(m);
   m.def("_pybind_noop", [](py::object) {}, "No-op through pybind11, for call-cost measurements.");
 }

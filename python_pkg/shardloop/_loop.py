@@ -135,6 +135,7 @@ class Loop(_core.Loop, ShardMixin, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin
             logger.debug("Close %r", self)
         self._stop_shards()
         self._remove_signal_handlers_on_close()
+        self._close_child_watches()
         self._close_native()
         executor, self._default_executor = self._default_executor, None
         if executor is not None:
