@@ -51,13 +51,23 @@ demo: install
 	$(VPY) -m shardloop
 
 test: test-engine test-python test-asan test-tsan
-test: test-integration conformance-gate test-wheel docs
+test: test-integration conformance-gate test-wheel docs test-uring
 
 test-engine: build
 	cd build && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
 
 test-python: install
 	cd tests && ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
+
+# The same suites with every shardloop loop on the io_uring backend (the
+# engine's GoogleTests cover both backends in one run, plain, ASan and TSan).
+.PHONY: test-uring
+test-uring: install conformance-deps
+	cd tests && SHARDLOOP_IO_URING=1 ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python ../tests/integration
+	SHARDLOOP_IO_URING=1 $(VPY) tests/conformance/run.py --gate
+	cd tests && LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(abspath build-asan/pkg) SHARDLOOP_IO_URING=1 \
+	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
 
 # Frameworks (aiohttp, uvicorn, websockets, anyio, pytest-asyncio) on shardloop and asyncio.
 test-integration: install

@@ -371,7 +371,12 @@ PyMethodDef tcp_methods[] = {
     {nullptr, nullptr, 0, nullptr},
 };
 
+PyObject* tcp_get_uses_ring(StreamObject* self, void*) {
+  return PyBool_FromLong(self->stream != nullptr && !self->stream->closed() && self->stream->uses_ring());
+}
+
 PyGetSetDef tcp_getset[] = {
+    {"uses_ring", reinterpret_cast<getter>(tcp_get_uses_ring), nullptr, "on the loop's io_uring", nullptr},
     {"queued", reinterpret_cast<getter>(tcp_get_queued), nullptr, nullptr, nullptr},
     {"closed", reinterpret_cast<getter>(tcp_get_closed), nullptr, nullptr, nullptr},
     {"fast_write", reinterpret_cast<getter>(tcp_get_fast_write), reinterpret_cast<setter>(tcp_set_fast_write), nullptr,
