@@ -62,7 +62,7 @@ test-python: install
 # The same suites with every shardloop loop on the io_uring backend (the
 # engine's GoogleTests cover both backends in one run, plain, ASan and TSan).
 .PHONY: test-uring
-test-uring: install conformance-deps
+test-uring: install conformance-deps build-asan
 	cd tests && SHARDLOOP_IO_URING=1 ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python ../tests/integration
 	SHARDLOOP_IO_URING=1 $(VPY) tests/conformance/run.py --gate
 	cd tests && LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
@@ -102,9 +102,12 @@ test-tsan: deps
 # The interpreter is not instrumented, so it preloads the ASan runtime; its
 # own allocations at exit are not ours to judge, hence no leak check there
 # (the engine's GoogleTest run above keeps leak detection on).
-test-asan: deps
+.PHONY: build-asan
+build-asan: deps
 	$(VENV)/bin/cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DSHARDLOOP_SANITIZE=ON $(CMAKE_PY_ARGS) >/dev/null
 	$(VENV)/bin/ninja -C build-asan -j $(JOBS)
+
+test-asan: build-asan
 	cd build-asan && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
 	cd tests && LD_PRELOAD="$(ASAN_RT)" ASAN_OPTIONS=detect_leaks=0 PYTHONMALLOC=malloc SHARDLOOP_SANITIZED=1 \
 	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 PYTHONPATH=$(abspath build-asan/pkg) \
