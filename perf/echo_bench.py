@@ -149,6 +149,16 @@ def part(cfg, loops, skipped_loops, add_step):
     def run_cell(loop, server_name, size):
         return serverproc.guarded_cell(loop, MISSING, lambda: cell(loadgen, loop, server_name, size, cfg, cpus))
 
-    add_cells(result, cfg, loops, skipped_loops, add_step,
+    add_cells(result, cfg, with_io_backends(loops), skipped_loops, add_step,
               ("echo", cfg.warmup + cfg.duration + 0.5, SERVERS, SIZES, QUICK_SIZES), run_cell)
     return result
+
+
+def with_io_backends(loops):
+    """`loops` with shardloop's io_uring backend right after shardloop."""
+    out = []
+    for loop in loops:
+        out.append(loop)
+        if loop == "shardloop":
+            out.append("shardloop_uring")
+    return out

@@ -63,7 +63,10 @@ QUICK_N = {
     "tasks": 5_000,
     "futures": 5_000,
 }
-LOOP_MODULES = ("shardloop", "uvloop", "asyncio")
+LOOP_MODULES = ("shardloop", "uvloop", "rloop", "asyncio")
+# Loops the I/O parts (echo) measure besides LOOP_MODULES: shardloop's
+# io_uring backend (the micro benchmarks do no I/O: it would repeat them).
+IO_LOOP_MODULES = ("shardloop_uring",)
 
 
 def bench_call_soon(loop, n):

@@ -11,8 +11,12 @@ driver tells "cannot serve yet" apart from a crash.
 import argparse
 import asyncio
 import importlib
+import os
 import socket
 import sys
+
+# perf/ holds loop modules of its own (shardloop_uring.py).
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def parse_args(description):
