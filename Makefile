@@ -34,9 +34,12 @@ venv: $(VENV)/.deps-stamp
 $(VENV)/.deps-stamp: pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q $$($(VPY) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	# Through a requirements file: a requirement may carry a marker, with
+	# spaces and quotes no shell word survives.
+	$(VPY) -c 'import tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
 	  x = d["project"]["optional-dependencies"]; \
-	  print(" ".join(repr(r) for r in d["build-system"]["requires"] + x["test"] + x["docs"] + x["dist"]))' | tr -d "'")
+	  print("\n".join(d["build-system"]["requires"] + x["test"] + x["docs"] + x["dist"]))' > $(VENV)/requirements.txt
+	$(VPY) -m pip install -q -r $(VENV)/requirements.txt
 	touch $@
 
 build: deps
@@ -138,9 +141,10 @@ FT_NO_WHEELS := uvloop httptools
 $(FT_VENV)/.deps-stamp: pyproject.toml
 	test -x $(FT_PY) || { ../shared/tools/build-free-threaded-python.sh $(FT_PREFIX) && $(FT_PREFIX)/bin/python3.13t -m venv $(FT_VENV); }
 	$(FT_PY) -m pip install -q --upgrade pip
-	$(FT_PY) -m pip install -q --only-binary=:all: $$($(FT_PY) -c 'import re, sys, tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
-	  print(" ".join(r for r in d["build-system"]["requires"] + d["project"]["optional-dependencies"]["test"] \
-	                 if re.match(r"[\w.-]+", r).group() not in sys.argv[1:]))' $(FT_NO_WHEELS))
+	$(FT_PY) -c 'import re, sys, tomllib; d = tomllib.load(open("pyproject.toml", "rb")); \
+	  print("\n".join(r for r in d["build-system"]["requires"] + d["project"]["optional-dependencies"]["test"] \
+	                 if re.match(r"[\w.-]+", r).group() not in sys.argv[1:]))' $(FT_NO_WHEELS) > $(FT_VENV)/requirements.txt
+	$(FT_PY) -m pip install -q --only-binary=:all: -r $(FT_VENV)/requirements.txt
 	touch $@
 
 test-ft: $(FT_VENV)/.deps-stamp

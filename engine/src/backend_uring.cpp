@@ -171,6 +171,7 @@ void Ring::probe() {
 }
 
 io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
+  if (orphaned_) return &scratch_;
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
   while (s == nullptr) {
     // Full: hand what is queued to the kernel. When it refuses because
@@ -235,6 +236,7 @@ bool Ring::dispatch() noexcept {
 }
 
 bool Ring::flush() noexcept {
+  if (orphaned_) return false;
   // Streams closed since they were marked skip themselves; their memory
   // lives until their close completion, which comes after this.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->submit_send();
@@ -247,7 +249,7 @@ bool Ring::flush() noexcept {
   return dispatch();
 }
 
-bool Ring::busy() const noexcept { return live_ != 0 || !dirty_.empty(); }
+bool Ring::busy() const noexcept { return !orphaned_ && (live_ != 0 || !dirty_.empty()); }
 
 void Ring::on_event(uv_poll_t* handle, int, int) {
   auto* self = static_cast<Ring*>(handle->data);
@@ -262,6 +264,7 @@ void Ring::on_event(uv_poll_t* handle, int, int) {
 
 void Ring::drain() noexcept {
   dirty_.clear();
+  if (orphaned_) return;
   // Every stream has closed and cancelled what it had in flight; each
   // cancellation completes promptly. A bound, in case one never does:
   // then those streams' memory is left, never touched.

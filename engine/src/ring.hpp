@@ -61,6 +61,11 @@ class Ring {
   bool busy() const noexcept;
   // At loop close: waits until no operation is in flight.
   void drain() noexcept;
+  // In a fork child: the ring's memory is shared with the parent, so this
+  // process must never submit to it or reap from it again. Operations are
+  // then prepared into a scratch entry and never complete: a stream closed
+  // in the child keeps its memory (the child usually execs or exits).
+  void orphan() noexcept { orphaned_ = true; }
   // Submissions (io_uring_enter calls) so far: for tests and benchmarks.
   std::uint64_t enters() const noexcept { return enters_; }
 
@@ -90,6 +95,8 @@ class Ring {
   unsigned unsubmitted_ = 0;
   std::string setup_name_;
   bool event_pending_ = false;
+  bool orphaned_ = false;
+  io_uring_sqe scratch_{};
 };
 
 }  // namespace shardloop
