@@ -383,6 +383,7 @@ class _SignalWakeup:
     def __init__(self, loop: Loop) -> None:
         self._loop = loop
         self._installed = False
+        self._displaced = -1
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -393,11 +394,13 @@ class _SignalWakeup:
         except ValueError:
             return
         if previous not in (-1, fd):
-            # Someone else relies on the wakeup fd (asyncio's own signal
-            # handling, for one): leave theirs in place. It is ours already
-            # when add_signal_handler() set it.
-            signal.set_wakeup_fd(previous)
-            return
+            # Someone else's wakeup fd (asyncio's own signal handling, for
+            # one). Leaving it in place would leave Ctrl-C unseen until the
+            # next event, as libuv retries its poll on EINTR; so ours takes
+            # its place while the loop runs, the loop passes every signal
+            # byte on to it, and uninstall() gives it back.
+            self._displaced = previous
+            self._loop._forward_signals(previous)
         self._installed = True
         self._loop._wakeup_held_by_run = True
 
@@ -405,7 +408,11 @@ class _SignalWakeup:
         if self._installed:
             self._installed = False
             self._loop._wakeup_held_by_run = False
-            if not self._loop._has_signal_handlers():
+            if self._displaced >= 0:
+                self._loop._forward_signals(-1)
+                signal.set_wakeup_fd(self._displaced)
+                self._displaced = -1
+            elif not self._loop._has_signal_handlers():
                 signal.set_wakeup_fd(-1)
 
 
