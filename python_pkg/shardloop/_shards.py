@@ -23,6 +23,7 @@ KeyboardInterrupt."""
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import inspect
 import math
@@ -33,6 +34,7 @@ import time
 import traceback
 import types
 import warnings
+import weakref
 from typing import Any, Awaitable, Callable
 
 from . import _core
@@ -52,6 +54,31 @@ def check_shutdown_timeout(value: Any) -> float:
     if math.isnan(value) or value < 0:
         raise ValueError(f"shutdown_timeout must be >= 0, got {value!r}")
     return float(value)
+
+
+# Shard 0's loops of the runtimes started and not yet closed, for the exit
+# hook below.
+_open_runtimes: weakref.WeakSet = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_at_exit() -> None:
+    """Closes, at interpreter exit, the sharded loops nobody closed. Shard
+    threads are daemon threads: left running into finalization, CPython
+    ends each with a forced unwind the next time it takes the GIL, and one
+    unwound through the engine's noexcept frames aborts the process, losing
+    the exit status. atexit runs before that, on the main thread."""
+    for loop in list(_open_runtimes):
+        runtime = runtime_of(loop)
+        # A runtime only shuts down from its home thread; any other one's
+        # shards are left as they were.
+        if (loop.is_closed() or loop.is_running() or runtime is None
+                or runtime._home_thread != threading.get_ident()):
+            continue
+        try:
+            loop.close()
+        except Exception as exc:  # noqa: BLE001 - exit goes on regardless
+            warnings.warn(f"closing {loop!r} at exit failed: {exc!r}", RuntimeWarning)
 
 
 class ShardStopped(RuntimeError):
@@ -83,9 +110,14 @@ class Runtime:
 
     def start(self, main_loop: Any, new_loop: Callable[[], Any]) -> None:
         """Make `main_loop` shard 0 and start the other shards' threads."""
+        global _exit_hook_registered
         self._adopt(main_loop, 0)
         self.native.attach(0, main_loop)
         self._home_thread = threading.get_ident()
+        if not _exit_hook_registered:
+            atexit.register(_close_at_exit)
+            _exit_hook_registered = True
+        _open_runtimes.add(main_loop)
         started = []
         for index in range(1, self.count):
             ready = threading.Event()
