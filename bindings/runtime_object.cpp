@@ -333,6 +333,11 @@ PyObject* runtime_abandon(RuntimeObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+PyObject* runtime_after_fork(PyObject*, PyObject*) {
+  Runtime::forget_thread_after_fork();
+  Py_RETURN_NONE;
+}
+
 PyObject* runtime_stats(RuntimeObject* self, PyObject*) {
   Runtime::Stats st = self->rt->stats();
   return Py_BuildValue("{sKsK}", "wakeups", static_cast<unsigned long long>(st.wakeups), "overflows",
@@ -416,6 +421,8 @@ PyMethodDef runtime_methods[] = {
      "detach(): this shard leaves; returns once every attached shard has detached."},
     {"abandon", reinterpret_cast<PyCFunction>(runtime_abandon), METH_NOARGS,
      "abandon(): this shard leaves without waiting for the others (one is stuck)."},
+    {"_after_fork", reinterpret_cast<PyCFunction>(runtime_after_fork), METH_NOARGS | METH_STATIC,
+     "_after_fork(): in a fork child, this thread is no longer a shard."},
     {"stats", reinterpret_cast<PyCFunction>(runtime_stats), METH_NOARGS,
      "stats() -> {'wakeups': n, 'overflows': n}"},
     {nullptr, nullptr, 0, nullptr},

@@ -412,6 +412,11 @@ void Runtime::abandon() {
   }
 }
 
+void Runtime::forget_thread_after_fork() noexcept {
+  tls_runtime = nullptr;
+  tls_shard = -1;
+}
+
 void Runtime::run(std::function<void(unsigned)> init) {
   {
     std::lock_guard<std::mutex> lock(mu_);

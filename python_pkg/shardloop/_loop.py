@@ -56,6 +56,7 @@ class Loop(_core.Loop, ShardMixin, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin
     """An asyncio event loop on libuv."""
 
     def __init__(self) -> None:
+        _all_loops.add(self)
         self._exception_handler: Callable[..., Any] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
@@ -416,5 +417,41 @@ class _SignalWakeup:
                 signal.set_wakeup_fd(-1)
 
 
+# Every loop not yet collected, for the fork hook.
+_all_loops: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """What asyncio does in a fork child on 3.12+ (no running loop, the
+    policy forgets its loop, no wakeup fd), plus what only shardloop needs:
+    each loop inherited from the parent gets its own epoll instance, async
+    eventfd and signal socketpair. The inherited ones are shared with the
+    parent: closing the old loop here would epoll_ctl(DEL) the parent's
+    registrations, and reading the signal socketpair would steal its bytes.
+    Runs in subprocess's preexec_fn children too, so it only makes kernel
+    objects (close-on-exec) and never raises."""
+    for loop in list(_all_loops):
+        try:
+            loop._after_fork()
+        except Exception:  # noqa: BLE001 - the child must go on regardless
+            pass
+    # A fork from a shard's thread: the child's copy of the thread may run a
+    # new runtime.
+    _core.Runtime._after_fork()
+    if sys.version_info < (3, 12):
+        # 3.12+ asyncio does this itself; 3.11's get_running_loop already
+        # ignores a loop set in another process.
+        events._set_running_loop(None)
+        policy = events._event_loop_policy
+        if policy is not None and hasattr(policy, "_local"):
+            policy._local = type(policy._local)()
+        if threading.current_thread() is threading.main_thread():
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError):
+                pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 install_pending_methods(Loop)
 _core._set_asyncio_types(futures.Future, tasks.Task)

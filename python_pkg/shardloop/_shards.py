@@ -107,6 +107,8 @@ class Runtime:
         self._finished = [threading.Event() for _ in range(shards)]
         self._closing = threading.Event()
         self._home_thread = 0
+        # A fork child inherits the runtime but none of its shard threads.
+        self._pid = os.getpid()
 
     def start(self, main_loop: Any, new_loop: Callable[[], Any]) -> None:
         """Make `main_loop` shard 0 and start the other shards' threads."""
@@ -197,6 +199,12 @@ class Runtime:
         waiting on them get an answer), settle the queues and join the
         threads. Shard 0's thread, once its loop has returned."""
         if self._closing.is_set():
+            return
+        if os.getpid() != self._pid:
+            # A fork child: no shard thread is left to wait for, and the
+            # native runtime's lock may have been held by one at the fork.
+            # Shard 0's loop closes on its own; the rest stays as it was.
+            self._closing.set()
             return
         if threading.get_ident() != self._home_thread:
             # Shard 0 is bound to the thread that made it; the runtime can

@@ -222,6 +222,9 @@ class Runtime {
   // themselves whenever they detach. The loop must stay allocated (closed
   // is fine) until the runtime is destroyed: late senders may still wake it.
   void abandon();
+  // In a fork child: the forking thread is no shard of any runtime there
+  // (the runtime's other threads are gone), so it may attach to a new one.
+  static void forget_thread_after_fork() noexcept;
   // Current shard: `fn` runs on this thread during detach(), after the
   // queues are settled and before the loop is unbound (it may close handles).
   void at_exit(std::function<void()> fn);
