@@ -2,6 +2,7 @@
 
 #include <structmember.h>
 
+#include <climits>
 #include <exception>
 #include <new>
 #include <stdexcept>
@@ -437,6 +438,29 @@ PyObject* loop_signal_wakeup_fd(LoopObject* self, PyObject*) {
   }
 }
 
+// _forward_signals(fd): signal bytes the loop reads go on to `fd` (-1: off).
+PyObject* loop_forward_signals(LoopObject* self, PyObject* arg) {
+  long fd = PyLong_AsLong(arg);
+  if (fd == -1 && PyErr_Occurred()) return nullptr;
+  if (fd < -1 || fd > INT_MAX) {
+    PyErr_SetString(PyExc_ValueError, "fd out of range");
+    return nullptr;
+  }
+  self->engine->set_signal_forward_fd(static_cast<int>(fd));
+  Py_RETURN_NONE;
+}
+
+// _after_fork(): in a fork child, new kernel objects for this loop.
+PyObject* loop_after_fork(LoopObject* self, PyObject*) {
+  try {
+    self->engine->after_fork();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
 PyObject* loop_pending_counts(LoopObject* self, PyObject*) {
   return Py_BuildValue("nn", static_cast<Py_ssize_t>(self->engine->ready_count()),
                        static_cast<Py_ssize_t>(self->engine->timer_count()));
@@ -497,6 +521,8 @@ PyMethodDef loop_methods[] = {
     {"_remove_reader", reinterpret_cast<PyCFunction>(loop_remove_reader), METH_O, nullptr},
     {"_remove_writer", reinterpret_cast<PyCFunction>(loop_remove_writer), METH_O, nullptr},
     {"_signal_wakeup_fd", reinterpret_cast<PyCFunction>(loop_signal_wakeup_fd), METH_NOARGS, nullptr},
+    {"_forward_signals", reinterpret_cast<PyCFunction>(loop_forward_signals), METH_O, nullptr},
+    {"_after_fork", reinterpret_cast<PyCFunction>(loop_after_fork), METH_NOARGS, nullptr},
     {"_pending_counts", reinterpret_cast<PyCFunction>(loop_pending_counts), METH_NOARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };

@@ -36,6 +36,9 @@ struct RuntimeObject {
   unsigned count;
   // The attached shards' loops (strong references), cleared by detach().
   std::atomic<LoopObject*>* loops;
+  // Loops of shards that abandoned the runtime: kept alive until it goes,
+  // since late senders may still wake them (a list, or nullptr).
+  PyObject* abandoned;
 };
 
 // Drops a reference from a thread that may or may not hold the GIL.
@@ -296,6 +299,45 @@ PyObject* runtime_detach(RuntimeObject* self, PyObject*) {
   Py_RETURN_NONE;
 }
 
+// abandon(): detach() for a shard that will not wait for the others (one
+// of them is stuck): returns at once; see Runtime::abandon().
+PyObject* runtime_abandon(RuntimeObject* self, PyObject*) {
+  int shard = Runtime::current() == self->rt ? Runtime::this_shard() : -1;
+  if (shard < 0) {
+    PyErr_SetString(PyExc_RuntimeError, "abandon() needs the thread of an attached shard");
+    return nullptr;
+  }
+  LoopObject* loop = self->loops[shard].load(std::memory_order_acquire);
+  if (loop->engine->is_running()) {
+    PyErr_SetString(PyExc_RuntimeError, "abandon() while the shard's loop runs");
+    return nullptr;
+  }
+  if (self->abandoned == nullptr && (self->abandoned = PyList_New(0)) == nullptr) return nullptr;
+  if (PyList_Append(self->abandoned, reinterpret_cast<PyObject*>(loop)) < 0) return nullptr;
+  std::string error;
+  // Brief (it waits only for posts in flight), but it takes the runtime's
+  // lock, which is never awaited holding the GIL.
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    self->rt->abandon();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = "abandon() failed";
+  }
+  Py_END_ALLOW_THREADS
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  Py_XDECREF(self->loops[shard].exchange(nullptr, std::memory_order_acq_rel));
+  Py_RETURN_NONE;
+}
+
+PyObject* runtime_after_fork(PyObject*, PyObject*) {
+  Runtime::forget_thread_after_fork();
+  Py_RETURN_NONE;
+}
+
 PyObject* runtime_stats(RuntimeObject* self, PyObject*) {
   Runtime::Stats st = self->rt->stats();
   return Py_BuildValue("{sKsK}", "wakeups", static_cast<unsigned long long>(st.wakeups), "overflows",
@@ -359,6 +401,7 @@ void runtime_dealloc(RuntimeObject* self) {
     // Discards what never ran (under PyGILState_Ensure, re-entrant here).
     delete self->rt;
     delete[] self->loops;
+    Py_XDECREF(self->abandoned);
   }
   type->tp_free(self);
   Py_DECREF(type);
@@ -376,6 +419,10 @@ PyMethodDef runtime_methods[] = {
     {"attach", FASTCALL(runtime_attach), "attach(shard, loop): this thread runs loop as shard."},
     {"detach", reinterpret_cast<PyCFunction>(runtime_detach), METH_NOARGS,
      "detach(): this shard leaves; returns once every attached shard has detached."},
+    {"abandon", reinterpret_cast<PyCFunction>(runtime_abandon), METH_NOARGS,
+     "abandon(): this shard leaves without waiting for the others (one is stuck)."},
+    {"_after_fork", reinterpret_cast<PyCFunction>(runtime_after_fork), METH_NOARGS | METH_STATIC,
+     "_after_fork(): in a fork child, this thread is no longer a shard."},
     {"stats", reinterpret_cast<PyCFunction>(runtime_stats), METH_NOARGS,
      "stats() -> {'wakeups': n, 'overflows': n}"},
     {nullptr, nullptr, 0, nullptr},

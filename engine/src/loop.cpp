@@ -372,7 +372,13 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) {
   auto* self = static_cast<Loop*>(handle->data);
   self->resume();
   char buf[256];
-  while (::read(self->signal_fds_[0], buf, sizeof buf) > 0) {
+  ssize_t n;
+  while ((n = ::read(self->signal_fds_[0], buf, sizeof buf)) > 0) {
+    // Best effort, as CPython's own handler writes the wakeup fd: the
+    // displaced fd is non-blocking (set_wakeup_fd demands it), and a full
+    // buffer already tells its owner that signals arrived.
+    if (self->signal_forward_fd_ >= 0 && ::write(self->signal_forward_fd_, buf, static_cast<std::size_t>(n)) < 0) {
+    }
   }
   if (self->hooks_.on_signal) self->hooks_.on_signal(self->hooks_.ctx);
 }
@@ -390,6 +396,24 @@ int Loop::signal_wakeup_fd() {
   // Watching for signals must not keep the loop alive on its own.
   uv_unref(reinterpret_cast<uv_handle_t*>(&signal_poll_));
   return fds[1];
+}
+
+void Loop::after_fork() {
+  if (is_closed()) return;
+  if (signal_fds_[0] >= 0) {
+    // A fresh socketpair under the same fd numbers: Python's wakeup fd and
+    // the poll handle keep their numbers, and the parent keeps the old pair.
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) != 0)
+      throw std::runtime_error("socketpair failed");
+    ::dup3(fds[0], signal_fds_[0], O_CLOEXEC);
+    ::dup3(fds[1], signal_fds_[1], O_CLOEXEC);
+    ::close(fds[0]);
+    ::close(fds[1]);
+  }
+  // Closes (never edits) the inherited epoll fd and eventfd, makes new
+  // ones, and re-registers every watcher on the next poll.
+  check_uv(uv_loop_fork(&uv_), "uv_loop_fork");
 }
 
 void Loop::adopt(OwnedHandle* handle) noexcept {

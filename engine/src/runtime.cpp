@@ -370,6 +370,53 @@ void Runtime::detach() {
   sh.loop.store(nullptr, std::memory_order_release);
 }
 
+void Runtime::abandon() {
+  Shard* shp = my_shard();
+  if (!shp) throw std::logic_error("abandon() needs a shard thread");
+  Shard& sh = *shp;
+  Loop* loop = sh.loop.load(std::memory_order_relaxed);
+  if (loop->is_running()) throw std::logic_error("abandon() while the shard's loop runs");
+  stop();
+  sh.sleeping.store(false, std::memory_order_seq_cst);
+  // Refused from here on, as after detach(); announced foreign writers
+  // finish first, so nothing lands behind the drain below.
+  sh.state.store(kClosed, std::memory_order_seq_cst);
+  while (sh.foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  drain(sh, false);
+  for (auto& fn : sh.at_exit) {
+    try {
+      fn();
+    } catch (...) {
+      loop->report_error(std::current_exception());
+    }
+  }
+  sh.at_exit.clear();
+  loop->set_feeder(Loop::Feeder{});
+  if (sh.restore_affinity) pthread_setaffinity_np(pthread_self(), sizeof sh.saved_affinity, &sh.saved_affinity);
+  tls_runtime = nullptr;
+  tls_shard = -1;
+  // The shutdown rounds count the shards still attached: without this one,
+  // the others settle among themselves. `loop` stays set (not nullptr) for
+  // senders that looked at the state before it changed: Loop::wake() is
+  // harmless on a closed loop.
+  std::lock_guard<std::mutex> lock(mu_);
+  --attached_;
+  if (round_waiting_ != 0 && round_waiting_ >= attached_) {
+    // The others were all waiting for this shard: end their round, and ask
+    // for one more since what was discarded here may have sent replies.
+    round_result_ = true;
+    round_activity_ = false;
+    round_waiting_ = 0;
+    ++round_gen_;
+    cv_.notify_all();
+  }
+}
+
+void Runtime::forget_thread_after_fork() noexcept {
+  tls_runtime = nullptr;
+  tls_shard = -1;
+}
+
 void Runtime::run(std::function<void(unsigned)> init) {
   {
     std::lock_guard<std::mutex> lock(mu_);

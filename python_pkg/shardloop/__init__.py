@@ -21,7 +21,8 @@ from typing import Any as _Any, Callable as _Callable, Coroutine as _Coroutine, 
 
 from ._core import engine_version as __version__
 from ._loop import Loop
-from ._shards import ShardedServer, ShardStopped, current_shard, loop_of, shard_count, submit_to
+from ._shards import DEFAULT_SHUTDOWN_TIMEOUT, ShardedServer, ShardStopped, current_shard, loop_of, shard_count, submit_to
+from ._shards import check_shutdown_timeout as _check_shutdown_timeout
 
 __all__ = ("new_event_loop", "install", "run", "Loop", "EventLoopPolicy", "current_shard", "shard_count",
            "submit_to", "loop_of", "start_server", "create_server", "ShardedServer", "ShardStopped")
@@ -66,11 +67,14 @@ def _make_loop(mode: int) -> Loop:
     return loop
 
 
-def new_event_loop(*, shards: int | None = 1, pin: bool = False, io_uring: bool | None = None) -> Loop:
+def new_event_loop(*, shards: int | None = 1, pin: bool = False, io_uring: bool | None = None,
+                   shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> Loop:
     """Return a new shardloop event loop. With shards > 1 (None: one per CPU
     this process may use) it is shard 0 of a thread-per-core runtime whose
     other shards run until it is closed; pin=True pins each shard's thread
-    to one CPU.
+    to one CPU. Closing it waits at most `shutdown_timeout` seconds for the
+    other shards to stop; one that has not (stuck in a blocking callback)
+    is named, with its stack, in a RuntimeWarning and left behind.
 
     io_uring selects the I/O backend of every loop made: False, epoll; True,
     io_uring or OSError naming why this process cannot have it; None, what
@@ -79,11 +83,13 @@ def new_event_loop(*, shards: int | None = 1, pin: bool = False, io_uring: bool 
     io_backend attribute tells which it got."""
     count = _shard_count(shards)
     mode = _io_uring_mode(io_uring)
+    shutdown_timeout = _check_shutdown_timeout(shutdown_timeout)
     loop = _make_loop(mode)
     if count > 1:
         from ._shards import Runtime
         try:
-            Runtime(count, pin=pin).start(loop, _functools.partial(_make_loop, mode))
+            Runtime(count, pin=pin, shutdown_timeout=shutdown_timeout).start(
+                loop, _functools.partial(_make_loop, mode))
         except BaseException:
             loop.close()
             raise
@@ -116,15 +122,18 @@ class _EventLoopPolicy(_BasePolicy):  # type: ignore[misc, valid-type]
     """asyncio's default policy, making shardloop loops (shard 0 of a
     runtime of `shards` loops when shards > 1)."""
 
-    def __init__(self, shards: int | None = 1, *, pin: bool = False, io_uring: bool | None = None) -> None:
+    def __init__(self, shards: int | None = 1, *, pin: bool = False, io_uring: bool | None = None,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         super().__init__()
         self._shards = _shard_count(shards)
         self._pin = pin
         _io_uring_mode(io_uring)  # bad values fail here, not at the first loop
         self._io_uring = io_uring
+        self._shutdown_timeout = _check_shutdown_timeout(shutdown_timeout)
 
     def _loop_factory(self) -> Loop:
-        return new_event_loop(shards=self._shards, pin=self._pin, io_uring=self._io_uring)
+        return new_event_loop(shards=self._shards, pin=self._pin, io_uring=self._io_uring,
+                              shutdown_timeout=self._shutdown_timeout)
 
     def __repr__(self) -> str:
         return f"<shardloop.EventLoopPolicy at {id(self):#x}>"
@@ -159,14 +168,17 @@ def install() -> None:
 
 def run(main: _Coroutine[_Any, _Any, _T], *, loop_factory: _Callable[[], _asyncio.AbstractEventLoop] | None = None,
         debug: bool | None = None, shards: int | None = 1, pin: bool = False, io_uring: bool | None = None,
-        **run_kwargs: _Any) -> _T:
+        shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT, **run_kwargs: _Any) -> _T:
     """Run a coroutine on a new shardloop loop, like asyncio.run(); with
-    shards > 1 it runs on shard 0 of a thread-per-core runtime."""
+    shards > 1 it runs on shard 0 of a thread-per-core runtime, whose
+    shutdown waits at most `shutdown_timeout` seconds for a shard stuck in
+    a blocking callback (see new_event_loop)."""
     if run_kwargs:
         raise TypeError(f"run() got unexpected keyword arguments: {', '.join(sorted(run_kwargs))}")
     count = _shard_count(shards)
     if loop_factory is not None and (count > 1 or io_uring is not None):
         raise ValueError("run() takes loop_factory or shards/io_uring, not both")
-    factory = loop_factory or _functools.partial(new_event_loop, shards=count, pin=pin, io_uring=io_uring)
+    factory = loop_factory or _functools.partial(new_event_loop, shards=count, pin=pin, io_uring=io_uring,
+                                                 shutdown_timeout=shutdown_timeout)
     with _asyncio.Runner(debug=debug, loop_factory=factory) as runner:
         return runner.run(main)

@@ -56,6 +56,7 @@ class Loop(_core.Loop, ShardMixin, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin
     """An asyncio event loop on libuv."""
 
     def __init__(self) -> None:
+        _all_loops.add(self)
         self._exception_handler: Callable[..., Any] | None = None
         self._default_executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._executor_shutdown_called = False
@@ -383,6 +384,7 @@ class _SignalWakeup:
     def __init__(self, loop: Loop) -> None:
         self._loop = loop
         self._installed = False
+        self._displaced = -1
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -393,11 +395,13 @@ class _SignalWakeup:
         except ValueError:
             return
         if previous not in (-1, fd):
-            # Someone else relies on the wakeup fd (asyncio's own signal
-            # handling, for one): leave theirs in place. It is ours already
-            # when add_signal_handler() set it.
-            signal.set_wakeup_fd(previous)
-            return
+            # Someone else's wakeup fd (asyncio's own signal handling, for
+            # one). Leaving it in place would leave Ctrl-C unseen until the
+            # next event, as libuv retries its poll on EINTR; so ours takes
+            # its place while the loop runs, the loop passes every signal
+            # byte on to it, and uninstall() gives it back.
+            self._displaced = previous
+            self._loop._forward_signals(previous)
         self._installed = True
         self._loop._wakeup_held_by_run = True
 
@@ -405,9 +409,49 @@ class _SignalWakeup:
         if self._installed:
             self._installed = False
             self._loop._wakeup_held_by_run = False
-            if not self._loop._has_signal_handlers():
+            if self._displaced >= 0:
+                self._loop._forward_signals(-1)
+                signal.set_wakeup_fd(self._displaced)
+                self._displaced = -1
+            elif not self._loop._has_signal_handlers():
                 signal.set_wakeup_fd(-1)
 
 
+# Every loop not yet collected, for the fork hook.
+_all_loops: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """What asyncio does in a fork child on 3.12+ (no running loop, the
+    policy forgets its loop, no wakeup fd), plus what only shardloop needs:
+    each loop inherited from the parent gets its own epoll instance, async
+    eventfd and signal socketpair. The inherited ones are shared with the
+    parent: closing the old loop here would epoll_ctl(DEL) the parent's
+    registrations, and reading the signal socketpair would steal its bytes.
+    Runs in subprocess's preexec_fn children too, so it only makes kernel
+    objects (close-on-exec) and never raises."""
+    for loop in list(_all_loops):
+        try:
+            loop._after_fork()
+        except Exception:  # noqa: BLE001 - the child must go on regardless
+            pass
+    # A fork from a shard's thread: the child's copy of the thread may run a
+    # new runtime.
+    _core.Runtime._after_fork()
+    if sys.version_info < (3, 12):
+        # 3.12+ asyncio does this itself; 3.11's get_running_loop already
+        # ignores a loop set in another process.
+        events._set_running_loop(None)
+        policy = events._event_loop_policy
+        if policy is not None and hasattr(policy, "_local"):
+            policy._local = type(policy._local)()
+        if threading.current_thread() is threading.main_thread():
+            try:
+                signal.set_wakeup_fd(-1)
+            except (ValueError, OSError):
+                pass
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 install_pending_methods(Loop)
 _core._set_asyncio_types(futures.Future, tasks.Task)

@@ -10,25 +10,75 @@ block), and results come back the same way.
 Shutdown (shard 0's loop closing): shards 1..N-1 are stopped and cancel their
 tasks, so remote callers get an answer; once every shard has finished that,
 all of them detach together, and what is still queued is settled: a call
-nobody ran answers its caller with ShardStopped, the rest is dropped."""
+nobody ran answers its caller with ShardStopped, the rest is dropped.
+
+The whole shutdown is bounded by `shutdown_timeout` (DEFAULT_SHUTDOWN_TIMEOUT
+seconds unless run()/new_event_loop()/EventLoopPolicy say otherwise): a shard
+that has not finished by then (stuck in a blocking callback) is named in a
+RuntimeWarning with its stack and left behind; shard 0 leaves the runtime
+without it (what the stuck shard sends afterwards is refused) and its loop
+closes. Ctrl-C during the wait ends it the same way, raising
+KeyboardInterrupt."""
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import inspect
+import math
 import os
+import sys
 import threading
 import time
+import traceback
 import types
 import warnings
+import weakref
 from typing import Any, Awaitable, Callable
 
 from . import _core
 
-# How long a shard waits for the others to finish their tasks before the
-# runtime stops them regardless.
-_STOP_TIMEOUT = 30.0
+# How long, by default, shard 0's close() waits for the other shards to
+# finish before it leaves without them.
+DEFAULT_SHUTDOWN_TIMEOUT = 30.0
+
+
+# How often a waiting main thread looks for signals caught by other threads.
+_WAIT_SLICE = 0.05
+
+
+def check_shutdown_timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"shutdown_timeout must be a number, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"shutdown_timeout must be >= 0, got {value!r}")
+    return float(value)
+
+
+# Shard 0's loops of the runtimes started and not yet closed, for the exit
+# hook below.
+_open_runtimes: weakref.WeakSet = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _close_at_exit() -> None:
+    """Closes, at interpreter exit, the sharded loops nobody closed. Shard
+    threads are daemon threads: left running into finalization, CPython
+    ends each with a forced unwind the next time it takes the GIL, and one
+    unwound through the engine's noexcept frames aborts the process, losing
+    the exit status. atexit runs before that, on the main thread."""
+    for loop in list(_open_runtimes):
+        runtime = runtime_of(loop)
+        # A runtime only shuts down from its home thread; any other one's
+        # shards are left as they were.
+        if (loop.is_closed() or loop.is_running() or runtime is None
+                or runtime._home_thread != threading.get_ident()):
+            continue
+        try:
+            loop.close()
+        except Exception as exc:  # noqa: BLE001 - exit goes on regardless
+            warnings.warn(f"closing {loop!r} at exit failed: {exc!r}", RuntimeWarning)
 
 
 class ShardStopped(RuntimeError):
@@ -36,8 +86,10 @@ class ShardStopped(RuntimeError):
 
 
 class Runtime:
-    def __init__(self, shards: int, *, pin: bool = False) -> None:
+    def __init__(self, shards: int, *, pin: bool = False,
+                 shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         self.count = shards
+        self.shutdown_timeout = check_shutdown_timeout(shutdown_timeout)
         self.loops: list[Any] = [None] * shards
         cpus = len(os.sched_getaffinity(0))
         if pin and shards > cpus:
@@ -55,12 +107,19 @@ class Runtime:
         self._finished = [threading.Event() for _ in range(shards)]
         self._closing = threading.Event()
         self._home_thread = 0
+        # A fork child inherits the runtime but none of its shard threads.
+        self._pid = os.getpid()
 
     def start(self, main_loop: Any, new_loop: Callable[[], Any]) -> None:
         """Make `main_loop` shard 0 and start the other shards' threads."""
+        global _exit_hook_registered
         self._adopt(main_loop, 0)
         self.native.attach(0, main_loop)
         self._home_thread = threading.get_ident()
+        if not _exit_hook_registered:
+            atexit.register(_close_at_exit)
+            _exit_hook_registered = True
+        _open_runtimes.add(main_loop)
         started = []
         for index in range(1, self.count):
             ready = threading.Event()
@@ -110,20 +169,42 @@ class Runtime:
             asyncio.set_event_loop(None)
             loop.close()
 
-    def _wait_finished(self, index: int) -> None:
-        deadline = time.monotonic() + _STOP_TIMEOUT
+    def _wait_finished(self, index: int) -> list[int]:
+        """Waits (at most shutdown_timeout) for every shard to finish its
+        tasks; returns the shards that did not. In slices: the kernel may
+        deliver Ctrl-C to another thread (a stuck shard's, say), which only
+        flags it for the main thread, so the main thread must come back to
+        Python now and then to run the handler."""
+        deadline = time.monotonic() + self.shutdown_timeout
+        late = []
         for shard, finished in enumerate(self._finished):
-            if not finished.wait(max(0.0, deadline - time.monotonic())):
-                if index == 0:
-                    warnings.warn(f"shard {shard} did not finish its tasks within {_STOP_TIMEOUT} s; "
-                                  f"stopping it", RuntimeWarning, stacklevel=5)
-                return
+            while not finished.wait(min(_WAIT_SLICE, max(0.0, deadline - time.monotonic()))):
+                if time.monotonic() >= deadline:
+                    late.append(shard)
+                    break
+        return late
+
+    def _report_stuck(self, late: list[int]) -> None:
+        frames = sys._current_frames()
+        for shard in late:
+            thread = self._threads[shard - 1] if 0 < shard <= len(self._threads) else None
+            frame = frames.get(thread.ident) if thread is not None else None
+            where = "".join(traceback.format_stack(frame)) if frame is not None else "(no stack)\n"
+            warnings.warn(f"shard {shard} did not stop within shutdown_timeout={self.shutdown_timeout} s; "
+                          f"leaving it behind. It is at (most recent call last):\n{where}",
+                          RuntimeWarning, stacklevel=2)
 
     def stop(self) -> None:
         """Stop shards 1..N-1 (their pending tasks are cancelled, so callers
         waiting on them get an answer), settle the queues and join the
         threads. Shard 0's thread, once its loop has returned."""
         if self._closing.is_set():
+            return
+        if os.getpid() != self._pid:
+            # A fork child: no shard thread is left to wait for, and the
+            # native runtime's lock may have been held by one at the fork.
+            # Shard 0's loop closes on its own; the rest stays as it was.
+            self._closing.set()
             return
         if threading.get_ident() != self._home_thread:
             # Shard 0 is bound to the thread that made it; the runtime can
@@ -135,10 +216,23 @@ class Runtime:
             if loop is not None:
                 self.post(index, loop.stop)
         self._finished[0].set()
-        self._wait_finished(0)
+        try:
+            late = self._wait_finished(0)
+        except BaseException:
+            # Ctrl-C: shard 0 leaves without waiting any longer, so its loop
+            # still closes on the way out.
+            self.native.abandon()
+            raise
+        if late:
+            self._report_stuck(late)
+            # detach() would wait for the stuck shard as long as it blocks.
+            self.native.abandon()
+            return
+        # Every shard is past its tasks and about to detach: the rounds
+        # only settle queues now.
         self.native.detach()
         for thread in self._threads:
-            thread.join(_STOP_TIMEOUT)
+            thread.join()
         self._threads.clear()
 
     def check(self, shard: int) -> None:

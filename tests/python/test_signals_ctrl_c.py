@@ -79,3 +79,46 @@ def test_sigint_cancels_main_task_like_asyncio_run(name, setup, run):
     script = RUNNER_SCRIPT.format(setup=setup, run=run)
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=25)
     assert out.stdout.strip() == "KeyboardInterrupt [True]", (out.stdout, out.stderr)
+
+
+FOREIGN_WAKEUP_SCRIPT = textwrap.dedent("""
+    import asyncio, os, signal, socket, threading
+    {setup}
+    # Someone else's wakeup fd, installed before the loop runs.
+    theirs, ours = socket.socketpair()
+    theirs.setblocking(False)
+    ours.setblocking(False)
+    signal.set_wakeup_fd(ours.fileno())
+
+    async def main():
+        threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        await asyncio.sleep(3600)
+
+    loop = {factory}
+    try:
+        loop.run_until_complete(main())
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt")
+    finally:
+        loop.close()
+    # Its owner still hears of the signal, and gets its fd back.
+    print("forwarded", signal.SIGINT in theirs.recv(64))
+    print("restored", signal.set_wakeup_fd(-1) == ours.fileno())
+""")
+
+
+@pytest.mark.parametrize("name,setup,factory", [
+    ("asyncio", "", "asyncio.new_event_loop()"),
+    ("shardloop", "import shardloop", "shardloop.new_event_loop()"),
+])
+def test_sigint_with_a_foreign_wakeup_fd(name, setup, factory):
+    """Another wakeup fd is installed before the loop runs: a SIGINT while
+    the loop is blocked in the kernel still ends the run, the fd's owner
+    still receives the signal byte, and gets its fd back afterwards. The
+    sleep is an hour, so only the hang guard ends a run that missed it."""
+    if name != "asyncio":
+        pytest.importorskip("shardloop")
+    script = FOREIGN_WAKEUP_SCRIPT.format(setup=setup, factory=factory)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split("\n")[:3] == ["KeyboardInterrupt", "forwarded True", "restored True"], \
+        (out.stdout, out.stderr)

@@ -103,7 +103,16 @@ class Loop {
   // Loop thread (or before the loop runs). An empty Feeder removes it.
   void set_feeder(const Feeder& feeder) noexcept { feeder_ = feeder; }
   // Any thread, while the loop is open: ends a blocking poll.
-  void wake() noexcept { uv_async_send(&async_); }
+  // Any thread, even once the loop is closed (then it does nothing): a
+  // runtime abandoned by a shard (Runtime::abandon) may still wake it.
+  void wake() noexcept {
+    // Announced like call_soon_threadsafe's writers, which close() waits
+    // for after marking the loop closed: libuv aborts on an async handle
+    // sent to after its loop closed.
+    inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
+    if (!closed_.load(std::memory_order_seq_cst)) uv_async_send(&async_);
+    inbox_writers_.fetch_sub(1, std::memory_order_release);
+  }
   // Libuv callbacks that may call into the embedder call this first: it
   // ends the wait (retaking the GIL) if the loop was blocked.
   void resume() noexcept {
@@ -116,6 +125,15 @@ class Loop {
   // Write end of a non-blocking socketpair the loop watches; bytes written
   // there (by a signal handler) wake the loop and call Hooks::on_signal.
   int signal_wakeup_fd();
+  // Bytes read from the wakeup fd are also written to `fd` (-1: none), for
+  // the wakeup fd the loop displaced while it runs: its owner still hears
+  // of every signal. Loop thread.
+  void set_signal_forward_fd(int fd) noexcept { signal_forward_fd_ = fd; }
+  // In a child process after fork(): the loop gets its own epoll instance,
+  // async eventfd and signal socketpair. What it inherited is shared with
+  // the parent, so an epoll_ctl(DEL) at close() would remove the parent's
+  // registrations, and a signal byte read here would be taken from it.
+  void after_fork();
 
   // Where exceptions thrown by C++ work go (default: stderr).
   void set_error_handler(std::function<void(std::exception_ptr)> handler) {
@@ -183,6 +201,7 @@ class Loop {
   uv_idle_t idle_{};  // started to keep a poll from blocking when work is ready
   uv_poll_t signal_poll_{};
   int signal_fds_[2] = {-1, -1};
+  int signal_forward_fd_ = -1;
 
   RingQueue<Work> ready_;
   TimerHeap timers_;

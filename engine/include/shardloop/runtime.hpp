@@ -214,6 +214,17 @@ class Runtime {
   // shard, then unbinds the loop (which stays open) and restores the
   // thread's affinity.
   void detach();
+  // On a shard's thread once its loop has returned, instead of detach()
+  // when another shard does not come to detach() in time (stuck in a
+  // blocking callback): this shard leaves at once. It refuses further
+  // work, discards what is queued to it, runs its at_exit callbacks and
+  // unbinds its loop; the other shards stop and settle their queues among
+  // themselves whenever they detach. The loop must stay allocated (closed
+  // is fine) until the runtime is destroyed: late senders may still wake it.
+  void abandon();
+  // In a fork child: the forking thread is no shard of any runtime there
+  // (the runtime's other threads are gone), so it may attach to a new one.
+  static void forget_thread_after_fork() noexcept;
   // Current shard: `fn` runs on this thread during detach(), after the
   // queues are settled and before the loop is unbound (it may close handles).
   void at_exit(std::function<void()> fn);
