@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <new>
 #include <system_error>
 
@@ -38,7 +39,13 @@ constexpr SetupChoice kSetups[] = {
 // io_uring_queue_init_params with the best flags this kernel takes. Returns
 // the choice's name; throws naming the cause (ENOSYS: no io_uring; EPERM:
 // io_uring_disabled or a seccomp filter; ENOMEM: memlock limits).
+// liburing 2.3 caches the page size in an unguarded static during setup
+// (a data race under TSan when shards set up their rings together): ring
+// setup is rare, so it is serialised.
+std::mutex setup_mu;
+
 const char* setup_ring(io_uring* ring, unsigned entries) {
+  std::lock_guard<std::mutex> lock(setup_mu);
   int rc = -EINVAL;
   for (const SetupChoice& choice : kSetups) {
     io_uring_params p{};
@@ -185,8 +192,15 @@ io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
   return s;
 }
 
+void Ring::orphan() noexcept {
+  orphaned_ = true;
+  dirty_.clear();
+  cqes_.clear();
+  uv_poll_stop(&poll_);
+}
+
 void Ring::mark_dirty(Stream* stream) {
-  if (stream->send_dirty) return;
+  if (stream->send_dirty || orphaned_) return;
   dirty_.push_back(stream);
   stream->send_dirty = true;
 }

@@ -2,6 +2,7 @@
 #include <unistd.h>
 
 #include <new>
+#include <stdexcept>
 
 #include "shardloop/loop.hpp"
 #include "shardloop/tcp_server.hpp"
@@ -82,7 +83,15 @@ void Connection::on_close(void* ctx) noexcept {
   self->stream_ = nullptr;
   if (self->handlers_->on_close) guarded(self->loop_, [&] { self->handlers_->on_close(*self); });
   stream->release();  // already closed: only says the owner is done with it
-  delete self;
+  // A handler may still ask closed() or error() after close() returns (in
+  // the callback that closed it): the object goes in the next iteration,
+  // or now when the loop itself is closing.
+  try {
+    // Run or discarded (the loop closing first), the Work frees it.
+    self->loop_.call_soon(Work{[](void* p, bool) noexcept { delete static_cast<Connection*>(p); }, self});
+  } catch (...) {
+    delete self;
+  }
 }
 
 }  // namespace shardloop

@@ -414,6 +414,15 @@ void Loop::after_fork() {
   // Closes (never edits) the inherited epoll fd and eventfd, makes new
   // ones, and re-registers every watcher on the next poll.
   check_uv(uv_loop_fork(&uv_), "uv_loop_fork");
+  // The ring's memory is shared with the parent: never touched again here
+  // (its streams' operations go nowhere), its eventfd unwatched (now only
+  // in this process's new epoll set) so the parent's wake-ups stay its
+  // own. Streams opened from now on are on epoll.
+  if (ring_) {
+    ring_->orphan();
+    orphaned_ring_ = std::move(ring_);
+    want_ring_ = false;
+  }
 }
 
 void Loop::adopt(OwnedHandle* handle) noexcept {
@@ -469,6 +478,7 @@ void Loop::close() {
   }
   int rc = uv_loop_close(&uv_);
   ring_.reset();
+  orphaned_ring_.reset();
   if (rc != 0) throw std::runtime_error(std::string("uv_loop_close: ") + uv_strerror(rc));
 }
 

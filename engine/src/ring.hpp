@@ -65,7 +65,7 @@ class Ring {
   // process must never submit to it or reap from it again. Operations are
   // then prepared into a scratch entry and never complete: a stream closed
   // in the child keeps its memory (the child usually execs or exits).
-  void orphan() noexcept { orphaned_ = true; }
+  void orphan() noexcept;
   // Submissions (io_uring_enter calls) so far: for tests and benchmarks.
   std::uint64_t enters() const noexcept { return enters_; }
 

@@ -132,3 +132,44 @@ def test_fallback_when_rings_are_refused():
     assert "auto epoll" in lines
     assert "runs 42" in lines
     assert any(line.startswith("shardloop io_uring unavailable") for line in lines), lines
+
+
+def test_fork_child_leaves_the_parents_ring_alone():
+    """A child forked while a connection runs on the parent's ring closes
+    its copy of the loop (and the connection) without submitting to that
+    ring, which it shares with the parent; the parent's echo goes on, and a
+    new loop in the child works."""
+
+    async def main():
+        loop = asyncio.get_running_loop()
+
+        async def handle(reader, writer):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert writer.transport._stream.uses_ring
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        pid = os.fork()
+        if pid == 0:  # never returns: the child's verdict is its exit status
+            code = 1
+            try:
+                writer.transport.abort()
+                server.close()
+                code = 0 if shardloop.run(asyncio.sleep(0, "ok"), io_uring=True) == "ok" else 3
+            finally:
+                os._exit(code)
+        _, status = await loop.run_in_executor(None, os.waitpid, pid, 0)
+        writer.write(b"after")
+        got = await reader.readexactly(5)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        return os.waitstatus_to_exitcode(status), got
+
+    assert shardloop.run(main(), io_uring=True) == (0, b"after")

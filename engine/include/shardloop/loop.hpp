@@ -209,6 +209,7 @@ class Loop {
   std::unique_ptr<char[]> read_buffer_;
   std::unique_ptr<Inbox> inbox_;
   std::unique_ptr<Ring> ring_;
+  std::unique_ptr<Ring> orphaned_ring_;  // inherited through fork (after_fork)
   std::thread::id ring_thread_{};
   std::string io_fallback_;
   bool want_ring_ = false;

@@ -61,7 +61,7 @@ class TcpServer {
 };
 
 // One accepted connection; only its shard's thread may use it, and only
-// until on_close has returned. It is a Stream (stream.hpp) with the
+// until the callback in which on_close ran has returned. It is a Stream (stream.hpp) with the
 // server's handlers: the same reads, write queue and close path as
 // Python's transports, on the loop's backend (epoll or io_uring).
 class Connection final {
