@@ -188,8 +188,11 @@ void Loop::arm_deadline(bool& block) {
   }
   // Round up: waking early only costs a second wait, waking late is bounded
   // by the 1 ms the kernel's timeout resolution allows.
+  // The heap never holds a NaN key (see TimerHeap::key), but a value that
+  // does not fit must never reach the integer conversion (UB): written so
+  // that NaN and +inf both take the bound.
   double ms = std::ceil(delay * 1e3);
-  uint64_t timeout = ms > 1e15 ? uint64_t(1e15) : static_cast<uint64_t>(ms);
+  uint64_t timeout = ms <= 1e15 ? static_cast<uint64_t>(ms) : uint64_t(1e15);
   uv_update_time(&uv_);
   uv_timer_start(&deadline_, &noop_timer, timeout, 0);
 }
