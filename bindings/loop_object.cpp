@@ -624,6 +624,12 @@ PyType_Spec loop_spec = {
 }  // namespace
 
 void loop_abort_with_exception(LoopObject* loop) {
+  if (!loop->engine->is_running()) {
+    // No run to end (a libuv callback run by close()): kept for a later
+    // run it would end at once for no visible reason, it is reported here.
+    PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(loop));
+    return;
+  }
   PyObject* exc = fetch_exception();
   Py_XSETREF(loop->pending_exception, exc);
   loop->engine->abort();
