@@ -175,6 +175,10 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     Py_DECREF(self);
     errno = e.code().value();
     return PyErr_SetFromErrno(PyExc_OSError);
+  } catch (...) {
+    Py_DECREF(self);
+    set_error_from_cpp();
+    return nullptr;
   }
   self->self_ref = true;
   Py_INCREF(self);
