@@ -364,8 +364,8 @@ PyObject* runtime_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   }
   long shards = PyLong_AsLong(shards_obj);
   if (shards == -1 && PyErr_Occurred()) return nullptr;
-  if (shards < 1 || shards > 4096) {
-    PyErr_Format(PyExc_ValueError, "shards must be in range(1, 4097), got %ld", shards);
+  if (shards < 1 || shards > static_cast<long>(Runtime::kMaxShards)) {
+    PyErr_Format(PyExc_ValueError, "shards must be in range(1, %u), got %ld", Runtime::kMaxShards + 1, shards);
     return nullptr;
   }
   if (ring_capacity < 1) {
