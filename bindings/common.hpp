@@ -4,6 +4,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <exception>
+#include <new>
+
 // Critical sections exist from 3.13 on; on a GIL build they are plain
 // braces, so code written with them compiles the same on 3.11 and 3.12.
 #ifndef Py_BEGIN_CRITICAL_SECTION
@@ -37,6 +40,20 @@ inline void restore_exception(PyObject* exc) {
   PyErr_Restore(Py_NewRef(reinterpret_cast<PyObject*>(Py_TYPE(exc))), exc,
                 PyException_GetTraceback(exc));
 #endif
+}
+
+// Inside a catch block: raises the C++ exception being handled as a Python
+// one (MemoryError for bad_alloc), so nothing C++ crosses into CPython.
+inline void set_error_from_cpp() noexcept {
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    PyErr_SetString(PyExc_RuntimeError, "unknown C++ exception");
+  }
 }
 
 // KeyboardInterrupt and SystemExit leave run_forever(); everything else

@@ -123,6 +123,11 @@ PyObject* add(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, int sid
       Py_DECREF(handle);
       errno = e.code().value();
       return PyErr_SetFromErrno(PyExc_OSError);
+    } catch (...) {
+      delete slot;
+      Py_DECREF(handle);
+      set_error_from_cpp();
+      return nullptr;
     }
   } else {
     slot = it->second;

@@ -83,11 +83,13 @@ bool handle_take_call(HandleObject* self, PyObject** callback, PyObject** args) 
   return live;
 }
 
-void handle_execute(HandleObject* self) {
+// Returns true with KeyboardInterrupt/SystemExit still raised: the caller
+// decides where it goes (the loop's run, or Handle._run()'s caller).
+bool handle_execute(HandleObject* self) {
   LoopObject* loop = self->loop;
   // cancel() from inside the callback clears these; the call keeps its own.
   PyObject *callback, *args;
-  if (!handle_take_call(self, &callback, &args)) return;
+  if (!handle_take_call(self, &callback, &args)) return false;
   PyObject* const* argv = args ? &PyTuple_GET_ITEM(args, 0) : nullptr;
   Py_ssize_t nargs = args ? PyTuple_GET_SIZE(args) : 0;
   const double start = loop->debug ? monotonic_now() : 0.0;
@@ -104,8 +106,7 @@ void handle_execute(HandleObject* self) {
   if (result) {
     Py_DECREF(result);
   } else if (exception_must_propagate()) {
-    loop_abort_with_exception(loop);
-    return;
+    return true;
   } else {
     loop_report_callback_error(loop, self);
   }
@@ -114,11 +115,12 @@ void handle_execute(HandleObject* self) {
     double elapsed = monotonic_now() - start;
     if (elapsed >= loop->slow_callback_duration) loop_log_slow_callback(loop, self, elapsed);
   }
+  return false;
 }
 
 void run_handle_work(void* ctx, bool run) noexcept {
   auto* self = static_cast<HandleObject*>(ctx);
-  if (run) handle_execute(self);
+  if (run && handle_execute(self)) loop_abort_with_exception(self->loop);
   Py_DECREF(self);
 }
 
@@ -211,14 +213,11 @@ PyObject* handle_cancelled(HandleObject* self, PyObject*) { return PyBool_FromLo
 
 PyObject* handle_get_context(HandleObject* self, PyObject*) { return Py_NewRef(self->context); }
 
+// Called by hand (asyncio's Handle._run): KeyboardInterrupt and SystemExit
+// go to the caller, as in asyncio, and never through the loop's abort flag
+// (which would end a run the caller may have meant to go on).
 PyObject* handle_run(HandleObject* self, PyObject*) {
-  handle_execute(self);
-  if (self->loop->pending_exception) {
-    PyObject* exc = self->loop->pending_exception;
-    self->loop->pending_exception = nullptr;
-    restore_exception(exc);
-    return nullptr;
-  }
+  if (handle_execute(self)) return nullptr;
   Py_RETURN_NONE;
 }
 

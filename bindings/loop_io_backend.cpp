@@ -29,8 +29,8 @@ PyObject* loop_set_io_backend(LoopObject* self, PyObject* arg) {
       Py_DECREF(exc);
     }
     return nullptr;
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    set_error_from_cpp();  // bad_alloc: MemoryError; nothing C++ leaves here
     return nullptr;
   }
 }

@@ -51,8 +51,12 @@ void check_signals(void* ctx) {
 
 // --- argument checks shared by the call_* methods --------------------------
 
+bool is_closed(LoopObject* self) {
+  return __atomic_load_n(&self->closing, __ATOMIC_RELAXED) || self->engine->is_closed();
+}
+
 bool check_open(LoopObject* self) {
-  if (self->engine->is_closed()) {
+  if (is_closed(self)) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
     return false;
   }
@@ -127,10 +131,12 @@ template <typename F>
 Queued guarded(F&& f) {
   try {
     return f();
-  } catch (const std::bad_alloc&) {
-    return Queued::no_memory;
   } catch (const std::logic_error&) {
     return Queued::closed;  // closed by another thread since check_open()
+  } catch (...) {
+    // The engine's queues throw nothing else than bad_alloc; whatever it
+    // is, the work was not queued and the caller must hear so.
+    return Queued::no_memory;
   }
 }
 
@@ -203,7 +209,7 @@ void schedule_timer_work(void* ctx, bool run) noexcept {
     try {
       timer->base.loop->engine->schedule(&timer->node, timer->node.when);
       return;
-    } catch (const std::exception&) {
+    } catch (...) {
       // Out of memory: the timer is dropped like a cancelled one.
     }
   }
@@ -360,7 +366,7 @@ PyObject* loop_stop(LoopObject* self, PyObject*) {
 
 PyObject* loop_is_running(LoopObject* self, PyObject*) { return PyBool_FromLong(self->engine->is_running()); }
 
-PyObject* loop_is_closed(LoopObject* self, PyObject*) { return PyBool_FromLong(self->engine->is_closed()); }
+PyObject* loop_is_closed(LoopObject* self, PyObject*) { return PyBool_FromLong(is_closed(self)); }
 
 PyObject* loop_get_debug(LoopObject* self, PyObject*) { return PyBool_FromLong(self->debug); }
 
@@ -373,16 +379,22 @@ PyObject* loop_set_debug(LoopObject* self, PyObject* enabled) {
 
 // The native core of run_forever(); the Python subclass sets up the rest.
 PyObject* loop_run(LoopObject* self, PyObject*) {
-  if (!check_open(self)) return nullptr;
-  bool busy;
-#ifdef Py_GIL_DISABLED
+  bool busy, closed;
+  // Decided under the section loop_close_native() decides in: a close()
+  // either sees this run (running_thread) or this run sees it (closing).
   Py_BEGIN_CRITICAL_SECTION(self);
-  busy = self->running_thread != 0;
-  if (!busy) __atomic_store_n(&self->running_thread, PyThread_get_thread_ident(), __ATOMIC_RELAXED);
-  Py_END_CRITICAL_SECTION();
+  closed = is_closed(self);
+#ifdef Py_GIL_DISABLED
+  busy = !closed && self->running_thread != 0;
+  if (!closed && !busy) __atomic_store_n(&self->running_thread, PyThread_get_thread_ident(), __ATOMIC_RELAXED);
 #else
   busy = self->engine->is_running();
 #endif
+  Py_END_CRITICAL_SECTION();
+  if (closed) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
   if (busy) {
     PyErr_SetString(PyExc_RuntimeError, "This event loop is already running");
     return nullptr;
@@ -390,8 +402,8 @@ PyObject* loop_run(LoopObject* self, PyObject*) {
   bool failed = false;
   try {
     self->engine->run();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    set_error_from_cpp();
     failed = true;
   }
 #ifdef Py_GIL_DISABLED
@@ -410,21 +422,32 @@ PyObject* loop_run(LoopObject* self, PyObject*) {
 }
 
 PyObject* loop_close_native(LoopObject* self, PyObject*) {
-  if (self->engine->is_running()) {
+  bool running, failed = false;
+  // One critical section from the check to the close: loop_run() takes the
+  // loop under it, and direct queueing from other threads (queue_soon) is
+  // decided under it. `closing` holds the decision even where finalizers
+  // run below suspend the section (or release the GIL).
+  Py_BEGIN_CRITICAL_SECTION(self);
+#ifdef Py_GIL_DISABLED
+  running = self->running_thread != 0 || self->engine->is_running();
+#else
+  running = self->engine->is_running();
+#endif
+  if (!running) {
+    __atomic_store_n(&self->closing, true, __ATOMIC_RELAXED);
+    fd_watches_clear(self);
+    try {
+      self->engine->close();
+    } catch (...) {
+      set_error_from_cpp();
+      failed = true;
+    }
+  }
+  Py_END_CRITICAL_SECTION();
+  if (running) {
     PyErr_SetString(PyExc_RuntimeError, "Cannot close a running event loop");
     return nullptr;
   }
-  fd_watches_clear(self);
-  bool failed = false;
-  // Free-threaded: not while another thread queues directly (see queue_soon).
-  Py_BEGIN_CRITICAL_SECTION(self);
-  try {
-    self->engine->close();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
-    failed = true;
-  }
-  Py_END_CRITICAL_SECTION();
   if (failed) return nullptr;
   Py_RETURN_NONE;
 }
@@ -432,8 +455,8 @@ PyObject* loop_close_native(LoopObject* self, PyObject*) {
 PyObject* loop_signal_wakeup_fd(LoopObject* self, PyObject*) {
   try {
     return PyLong_FromLong(self->engine->signal_wakeup_fd());
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    set_error_from_cpp();
     return nullptr;
   }
 }
@@ -544,9 +567,16 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   try {
     self->fd_watches = fd_watches_new();
     self->engine = new Loop();
+  } catch (const std::bad_alloc&) {
+    Py_DECREF(self);
+    return PyErr_NoMemory();
   } catch (const std::exception& e) {
     Py_DECREF(self);
     PyErr_SetString(PyExc_OSError, e.what());
+    return nullptr;
+  } catch (...) {
+    Py_DECREF(self);
+    set_error_from_cpp();
     return nullptr;
   }
   self->engine->set_hooks(Loop::Hooks{self, &release_gil, &reacquire_gil, &check_signals});
@@ -578,9 +608,11 @@ int loop_clear(LoopObject* self) {
   // Drops the handles reported by loop_traverse.
   if (self->engine && !self->engine->is_running()) {
     fd_watches_clear(self);
+    __atomic_store_n(&self->closing, true, __ATOMIC_RELAXED);
     try {
       self->engine->close();
-    } catch (const std::exception&) {
+    } catch (...) {
+      // tp_clear cannot fail; what is left open goes with the engine.
     }
   }
   return 0;
@@ -624,6 +656,12 @@ PyType_Spec loop_spec = {
 }  // namespace
 
 void loop_abort_with_exception(LoopObject* loop) {
+  if (!loop->engine->is_running()) {
+    // No run to end (a libuv callback run by close()): kept for a later
+    // run it would end at once for no visible reason, it is reported here.
+    PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(loop));
+    return;
+  }
   PyObject* exc = fetch_exception();
   Py_XSETREF(loop->pending_exception, exc);
   loop->engine->abort();

@@ -19,6 +19,10 @@ struct LoopObject {
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;
   bool debug;
+  // Set (under the loop's critical section) when close() has decided to
+  // close: from then on the loop counts as closed, so a run that another
+  // thread starts while close() runs finalizers is refused, as in asyncio.
+  bool closing;
 #ifdef Py_GIL_DISABLED
   // The thread inside _run(), else 0; written under a critical section on
   // the loop. Without a GIL, only that thread may touch the engine's ready

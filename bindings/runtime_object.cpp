@@ -147,8 +147,8 @@ int queue_here(LoopObject* loop, HandleObject* handle) {
   if (loop->engine->is_closed()) return 0;
   try {
     loop->engine->call_soon(handle_work(handle));
-  } catch (const std::bad_alloc&) {
-    PyErr_NoMemory();
+  } catch (...) {
+    set_error_from_cpp();
     return -1;
   }
   return 1;
@@ -157,10 +157,8 @@ int queue_here(LoopObject* loop, HandleObject* handle) {
 int queue_there(RuntimeObject* self, unsigned shard, Work work) {
   try {
     return self->rt->post(shard, work) ? 1 : 0;
-  } catch (const std::bad_alloc&) {
-    PyErr_NoMemory();
-  } catch (const std::exception& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what());
+  } catch (...) {
+    set_error_from_cpp();
   }
   return -1;
 }
@@ -254,6 +252,8 @@ PyObject* runtime_attach(RuntimeObject* self, PyObject* const* args, Py_ssize_t 
   } catch (const std::exception& e) {
     error = e.what();
     if (error.empty()) error = "attach() failed";
+  } catch (...) {
+    error = "attach() failed";
   }
   Py_END_ALLOW_THREADS
   if (!error.empty()) {
@@ -287,6 +287,8 @@ PyObject* runtime_detach(RuntimeObject* self, PyObject*) {
   } catch (const std::exception& e) {
     error = e.what();
     if (error.empty()) error = "detach() failed";
+  } catch (...) {
+    error = "detach() failed";
   }
   Py_END_ALLOW_THREADS
   if (!error.empty()) {
@@ -362,8 +364,8 @@ PyObject* runtime_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
   }
   long shards = PyLong_AsLong(shards_obj);
   if (shards == -1 && PyErr_Occurred()) return nullptr;
-  if (shards < 1 || shards > 4096) {
-    PyErr_Format(PyExc_ValueError, "shards must be in range(1, 4097), got %ld", shards);
+  if (shards < 1 || shards > static_cast<long>(Runtime::kMaxShards)) {
+    PyErr_Format(PyExc_ValueError, "shards must be in range(1, %u), got %ld", Runtime::kMaxShards + 1, shards);
     return nullptr;
   }
   if (ring_capacity < 1) {
@@ -380,9 +382,14 @@ PyObject* runtime_new(PyTypeObject* type, PyObject* args, PyObject* kwargs) {
     self->loops = new std::atomic<LoopObject*>[shards];
     for (long s = 0; s < shards; ++s) self->loops[s].store(nullptr, std::memory_order_relaxed);
     self->rt = new Runtime(options);
-  } catch (const std::bad_alloc&) {
+  } catch (const std::invalid_argument& e) {
     Py_DECREF(self);
-    return PyErr_NoMemory();
+    PyErr_SetString(PyExc_ValueError, e.what());
+    return nullptr;
+  } catch (...) {
+    Py_DECREF(self);
+    set_error_from_cpp();
+    return nullptr;
   }
   self->count = static_cast<unsigned>(shards);
   return reinterpret_cast<PyObject*>(self);

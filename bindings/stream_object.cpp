@@ -47,7 +47,10 @@ PyObject* uv_error(int code) {
 
 // Protocol errors are the Python transport's business; what still escapes
 // here cannot go back through libuv. Steals the references in `args`.
-void call_back(StreamObject* self, PyObject* callback, PyObject* const* args, Py_ssize_t nargs) {
+// With `to_caller` (a call from Python, not from libuv), KeyboardInterrupt
+// and SystemExit stay raised for the caller instead (returns false).
+bool call_back(StreamObject* self, PyObject* callback, PyObject* const* args, Py_ssize_t nargs,
+               bool to_caller = false) {
   PyObject* r = nullptr;
   bool built = true;
   for (Py_ssize_t i = 0; i < nargs; ++i) built = built && args[i] != nullptr;
@@ -56,10 +59,12 @@ void call_back(StreamObject* self, PyObject* callback, PyObject* const* args, Py
   if (r) {
     Py_DECREF(r);
   } else if (exception_must_propagate()) {
+    if (to_caller) return false;
     loop_abort_with_exception(self->loop);
   } else {
     PyErr_WriteUnraisable(callback);
   }
+  return true;
 }
 
 // data_received raised: SystemExit/KeyboardInterrupt stop the loop as
@@ -170,6 +175,10 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
     Py_DECREF(self);
     errno = e.code().value();
     return PyErr_SetFromErrno(PyExc_OSError);
+  } catch (...) {
+    Py_DECREF(self);
+    set_error_from_cpp();
+    return nullptr;
   }
   self->self_ref = true;
   Py_INCREF(self);
@@ -243,11 +252,14 @@ PyObject* tcp_write_fast(StreamObject* self, PyObject* data) {
   }
   if (rc < 0) {
     // Reported as a failed queued write would be: the transport's error path.
+    // This is transport.write() called from Python, so what must leave a run
+    // goes to write()'s caller: the loop's abort flag would be stale when no
+    // run is in progress.
     Py_INCREF(self);
     PyObject* args[] = {uv_error(rc), PyLong_FromSize_t(self->stream ? self->stream->queued() : 0)};
-    call_back(self, self->on_write, args, 2);
+    const bool handled = call_back(self, self->on_write, args, 2, /*to_caller=*/true);
     Py_DECREF(self);
-    if (PyErr_Occurred()) return nullptr;
+    if (!handled) return nullptr;
     Py_RETURN_NONE;
   }
   if (self->stream->queued() > self->high_water && self->over_high_water != nullptr) {

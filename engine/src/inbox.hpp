@@ -4,13 +4,27 @@
 
 #include <concurrentqueue/concurrentqueue.h>
 
+#include <cstddef>
+#include <new>
+
 #include "shardloop/work.hpp"
 
 namespace shardloop {
 
+// The queue allocates through operator new (nothrow): an allocation failure
+// is then the same event here as everywhere else in the engine.
+struct InboxTraits : moodycamel::ConcurrentQueueDefaultTraits {
+  static void* malloc(std::size_t size) { return ::operator new(size, std::nothrow); }
+  static void free(void* ptr) { ::operator delete(ptr); }
+};
+
 class Inbox {
  public:
-  void push(const Work& work) { queue_.enqueue(work); }
+  // Throws std::bad_alloc when the queue cannot grow: the caller still owns
+  // `work` and must hear that it was not queued.
+  void push(const Work& work) {
+    if (!queue_.enqueue(work)) throw std::bad_alloc();
+  }
   bool maybe_nonempty() const { return queue_.size_approx() != 0; }
 
   template <typename Sink>
@@ -31,7 +45,7 @@ class Inbox {
   }
 
  private:
-  moodycamel::ConcurrentQueue<Work> queue_;
+  moodycamel::ConcurrentQueue<Work, InboxTraits> queue_;
 };
 
 }  // namespace shardloop

@@ -24,7 +24,7 @@ void check_uv(int rc, const char* what) {
   if (rc != 0) throw std::runtime_error(std::string(what) + ": " + uv_strerror(rc));
 }
 
-void noop_timer(uv_timer_t*) {}
+void noop_timer(uv_timer_t*) noexcept {}
 
 void print_error(std::exception_ptr error) noexcept {
   try {
@@ -132,48 +132,67 @@ bool Loop::call_soon_threadsafe(Work work) {
     return true;
   }
   inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
-  if (closed_.load(std::memory_order_seq_cst)) {
-    inbox_writers_.fetch_sub(1, std::memory_order_release);
-    return false;
-  }
-  inbox_->push(work);
+  // Released on every way out, the bad_alloc of a failed push included:
+  // close() waits for this count.
+  struct Announced {
+    std::atomic<int>& writers;
+    ~Announced() { writers.fetch_sub(1, std::memory_order_release); }
+  } announced{inbox_writers_};
+  if (closed_.load(std::memory_order_seq_cst)) return false;
+  inbox_->push(work);  // throws std::bad_alloc rather than lose the work
   inbox_pending_.store(true, std::memory_order_release);
   // Pairs with the fence in on_prepare: either the loop sees this work
   // before it sleeps, or this thread sees it asleep and wakes it.
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
-  inbox_writers_.fetch_sub(1, std::memory_order_release);
   return true;
 }
 
 bool Loop::call_soon_threadsafe(std::function<void()> fn) {
   Work work = make_work(std::move(fn));
-  if (call_soon_threadsafe(work)) return true;
-  work.discard();
-  return false;
+  bool queued;
+  try {
+    queued = call_soon_threadsafe(work);
+  } catch (...) {
+    work.discard();  // the closure is ours again: freed, not leaked
+    throw;
+  }
+  if (!queued) work.discard();
+  return queued;
 }
 
 Loop::Exit Loop::run() {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   if (running_) throw std::logic_error("This event loop is already running");
   if (want_ring_) start_ring();
-  running_ = true;
-  Exit exit;
+  // stop() before run() is asyncio's "one iteration, then return" and is
+  // kept; abort() only counts inside run() (see abort()).
+  // Clears the run state on every way out, an exception included: a loop
+  // left "running" could never run or close again.
+  struct RunGuard {
+    Loop* loop;
+    ~RunGuard() {
+      loop->running_.store(false, std::memory_order_relaxed);
+      loop->stopping_ = loop->aborting_ = false;
+    }
+  };
+  running_.store(true, std::memory_order_relaxed);
+  RunGuard guard{this};
   for (;;) {
     run_once();
-    if (aborting_) {
-      exit = Exit::aborted;
-      break;
-    }
-    if (stopping_) {
-      exit = Exit::stopped;
-      break;
-    }
+    if (aborting_) return Exit::aborted;
+    if (stopping_) return Exit::stopped;
   }
-  running_ = false;
-  stopping_ = false;
-  aborting_ = false;
-  return exit;
+}
+
+void Loop::call_hook(void (*hook)(void*)) noexcept {
+  if (hook == nullptr) return;
+  // Hooks run inside libuv's callbacks, C frames nothing may unwind through.
+  try {
+    hook(hooks_.ctx);
+  } catch (...) {
+    report_error(std::current_exception());
+  }
 }
 
 void Loop::arm_deadline(bool& block) {
@@ -188,8 +207,11 @@ void Loop::arm_deadline(bool& block) {
   }
   // Round up: waking early only costs a second wait, waking late is bounded
   // by the 1 ms the kernel's timeout resolution allows.
+  // The heap never holds a NaN key (see TimerHeap::key), but a value that
+  // does not fit must never reach the integer conversion (UB): written so
+  // that NaN and +inf both take the bound.
   double ms = std::ceil(delay * 1e3);
-  uint64_t timeout = ms > 1e15 ? uint64_t(1e15) : static_cast<uint64_t>(ms);
+  uint64_t timeout = ms <= 1e15 ? static_cast<uint64_t>(ms) : uint64_t(1e15);
   uv_update_time(&uv_);
   uv_timer_start(&deadline_, &noop_timer, timeout, 0);
 }
@@ -283,7 +305,7 @@ void Loop::drain_inbox() {
   inbox_->drain([this](const Work& work) { ready_.push_back(work); });
 }
 
-void Loop::on_prepare(uv_prepare_t* handle) {
+void Loop::on_prepare(uv_prepare_t* handle) noexcept {
   auto* self = static_cast<Loop*>(handle->data);
   // The iteration's one io_uring_enter: what callbacks prepared goes to the
   // kernel, and what it completed meanwhile is dispatched. Those callbacks
@@ -312,7 +334,7 @@ void Loop::on_prepare(uv_prepare_t* handle) {
   if (self->block_ && self->feeder_.idle) {
     if (!self->waiting_) {
       self->waiting_ = true;
-      if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);
+      self->call_hook(self->hooks_.before_wait);
     }
     const double until = self->timers_.empty() ? HUGE_VAL : self->timers_.top_when();
     if (self->feeder_.idle(self->feeder_.ctx, until)) {
@@ -337,7 +359,7 @@ void Loop::on_prepare(uv_prepare_t* handle) {
   }
   if (self->block_ && !self->waiting_) {
     self->waiting_ = true;
-    if (self->hooks_.before_wait) self->hooks_.before_wait(self->hooks_.ctx);
+    self->call_hook(self->hooks_.before_wait);
   }
 }
 
@@ -352,9 +374,9 @@ void Loop::set_hooks(const Hooks& hooks) noexcept {
     uv_check_stop(&check_);
 }
 
-void Loop::on_check(uv_check_t* handle) { static_cast<Loop*>(handle->data)->resume(); }
+void Loop::on_check(uv_check_t* handle) noexcept { static_cast<Loop*>(handle->data)->resume(); }
 
-void Loop::on_async(uv_async_t* handle) {
+void Loop::on_async(uv_async_t* handle) noexcept {
   auto* self = static_cast<Loop*>(handle->data);
   // The ready queue is the embedder's to guard too (the GIL): take it back
   // before touching the queue, as every other callback does.
@@ -368,7 +390,7 @@ void Loop::on_async(uv_async_t* handle) {
   }
 }
 
-void Loop::on_signal_readable(uv_poll_t* handle, int, int) {
+void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
   auto* self = static_cast<Loop*>(handle->data);
   self->resume();
   char buf[256];
@@ -380,7 +402,7 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) {
     if (self->signal_forward_fd_ >= 0 && ::write(self->signal_forward_fd_, buf, static_cast<std::size_t>(n)) < 0) {
     }
   }
-  if (self->hooks_.on_signal) self->hooks_.on_signal(self->hooks_.ctx);
+  self->call_hook(self->hooks_.on_signal);
 }
 
 int Loop::signal_wakeup_fd() {

@@ -54,8 +54,9 @@ struct Runtime::Shard {
   bool restore_affinity = false;
   cpu_set_t saved_affinity;
   std::vector<std::function<void()>> at_exit;
-  // incoming[p]: from shard p; only shard p pushes, only this shard pops.
-  std::vector<std::unique_ptr<SpscQueue<Work>>> incoming;
+  // incoming[p]: from shard p, allocated by shard p on its first message
+  // (nullptr until then); only shard p pushes, only this shard pops.
+  std::unique_ptr<std::atomic<SpscQueue<Work>*>[]> incoming;
   alignas(64) std::atomic<bool> foreign_pending{false};
   std::atomic<int> foreign_writers{0};
   std::atomic<std::uint64_t> wakeups{0};
@@ -83,6 +84,15 @@ std::vector<int> Runtime::usable_cpus() {
 
 Runtime::Runtime(Options options) : cpus_(usable_cpus()) {
   count_ = options.shards ? options.shards : static_cast<unsigned>(cpus_.size());
+  if (count_ > kMaxShards) {
+    if (options.shards == 0) {
+      count_ = kMaxShards;  // one per CPU, on a machine with more CPUs than that
+    } else {
+      throw std::invalid_argument("at most " + std::to_string(kMaxShards) + " shards, got " +
+                                  std::to_string(count_));
+    }
+  }
+  ring_capacity_ = options.ring_capacity;
   pin_ = options.pin && count_ <= cpus_.size();
   io_uring_ = options.io_uring;
   // A shard spinning on a CPU another shard needs delays that shard.
@@ -93,8 +103,8 @@ Runtime::Runtime(Options options) : cpus_(usable_cpus()) {
     sh.id = s;
     sh.rt = this;
     sh.cpu = pin_ ? cpus_[s] : -1;
-    sh.incoming.reserve(count_);
-    for (unsigned p = 0; p < count_; ++p) sh.incoming.push_back(std::make_unique<SpscQueue<Work>>(options.ring_capacity));
+    sh.incoming.reset(new std::atomic<SpscQueue<Work>*>[count_]);
+    for (unsigned p = 0; p < count_; ++p) sh.incoming[p].store(nullptr, std::memory_order_relaxed);
   }
 }
 
@@ -113,6 +123,8 @@ Runtime::~Runtime() {
     while (shards_[s].foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
     drain(shards_[s], false);
   }
+  for (unsigned s = 0; s < count_; ++s)
+    for (unsigned p = 0; p < count_; ++p) delete shards_[s].incoming[p].load(std::memory_order_acquire);
 }
 
 Runtime::Shard& Runtime::shard(unsigned s) const {
@@ -140,8 +152,14 @@ Runtime::Stats Runtime::stats() const noexcept {
   Stats st;
   for (unsigned s = 0; s < count_; ++s) st.wakeups += shards_[s].wakeups.load(std::memory_order_relaxed);
   // Producer-side counters: exact once the shards are quiet.
-  for (unsigned s = 0; s < count_; ++s)
-    for (auto& q : shards_[s].incoming) st.overflows += q->overflows();
+  for (unsigned s = 0; s < count_; ++s) {
+    for (unsigned p = 0; p < count_; ++p) {
+      if (const SpscQueue<Work>* q = shards_[s].incoming[p].load(std::memory_order_acquire)) {
+        st.overflows += q->overflows();
+        ++st.rings;
+      }
+    }
+  }
   return st;
 }
 
@@ -159,7 +177,15 @@ void Runtime::wake(Shard& to) noexcept {
 
 bool Runtime::post_from_shard(Shard& from, Shard& to, Work work) {
   if (to.state.load(std::memory_order_acquire) == kClosed) return false;
-  to.incoming[from.id]->push(work);
+  // Only this thread stores this slot: a relaxed load sees its own store.
+  std::atomic<SpscQueue<Work>*>& slot = to.incoming[from.id];
+  SpscQueue<Work>* ring = slot.load(std::memory_order_relaxed);
+  if (ring == nullptr) {
+    ring = new SpscQueue<Work>(ring_capacity_);  // bad_alloc: nothing was queued
+    // Release: the receiver that sees the pointer sees a built ring.
+    slot.store(ring, std::memory_order_release);
+  }
+  ring->push(work);
   wake(to);
   return true;
 }
@@ -201,7 +227,9 @@ bool Runtime::post(unsigned target, std::function<void()> fn) {
 
 std::size_t Runtime::drain(Shard& sh, bool run) noexcept {
   std::size_t n = 0;
-  for (auto& q : sh.incoming) {
+  for (unsigned p = 0; p < count_; ++p) {
+    SpscQueue<Work>* q = sh.incoming[p].load(std::memory_order_acquire);
+    if (q == nullptr) continue;
     if (run)
       n += q->drain([](const Work& w) { w.run(); });
     else
@@ -231,8 +259,11 @@ void Runtime::feed(void* ctx) noexcept {
 
 bool Runtime::has_work(const Shard& sh) noexcept {
   if (sh.foreign_pending.load(std::memory_order_relaxed)) return true;
-  for (const auto& q : sh.incoming)
-    if (!q->empty()) return true;
+  const unsigned count = sh.rt->count_;
+  for (unsigned p = 0; p < count; ++p) {
+    const SpscQueue<Work>* q = sh.incoming[p].load(std::memory_order_acquire);
+    if (q != nullptr && !q->empty()) return true;
+  }
   return false;
 }
 

@@ -1,6 +1,7 @@
 #include "shardloop/timer.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 namespace shardloop {
@@ -13,8 +14,11 @@ Timer::~Timer() { stop(); }
 
 void Timer::start(double delay, double repeat) {
   if (!loop_) throw std::logic_error("Event loop is closed");
-  repeat_ = repeat;
-  loop_->schedule(&node_, loop_->time() + std::max(delay, 0.0));
+  // As asyncio's call_later: a NaN delay is due at once (std::max would
+  // pass the NaN on), +inf never. A repeat that is not a finite positive
+  // number means no next firing: the timer fires once.
+  repeat_ = std::isfinite(repeat) && repeat > 0 ? repeat : 0;
+  loop_->schedule(&node_, loop_->time() + (delay > 0 ? delay : 0.0));
 }
 
 void Timer::stop() noexcept {

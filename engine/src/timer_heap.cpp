@@ -4,13 +4,13 @@ namespace shardloop {
 
 void TimerHeap::push(TimerNode* node) {
   node->seq = next_seq_++;
-  heap_.push_back(Entry{node->when, node->seq, node});
+  heap_.push_back(Entry{key(node->when), node->seq, node});
   node->heap_index = heap_.size() - 1;
   sift_up(node->heap_index);
 }
 
 void TimerHeap::restore(TimerNode* node) {
-  heap_.push_back(Entry{node->when, node->seq, node});
+  heap_.push_back(Entry{key(node->when), node->seq, node});
   node->heap_index = heap_.size() - 1;
   sift_up(node->heap_index);
 }

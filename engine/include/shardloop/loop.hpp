@@ -85,12 +85,18 @@ class Loop {
   bool call_soon_threadsafe(std::function<void()> fn);
 
   // Runs iterations until stop() (after the iteration that saw it) or
-  // abort() (right after the callback that called it).
+  // abort() (right after the callback that called it). Whatever way it
+  // returns or throws, the loop is no longer running afterwards.
   Exit run();
   void run_once();
   void stop() noexcept { stopping_ = true; }
-  void abort() noexcept { aborting_ = true; }
-  bool is_running() const noexcept { return running_; }
+  // Only inside run(): outside it there is no run to end, and a flag left
+  // up would end the next run after one iteration.
+  void abort() noexcept {
+    if (running_) aborting_ = true;
+  }
+  // Any thread (e.g. a close() from another thread must see it).
+  bool is_running() const noexcept { return running_.load(std::memory_order_relaxed); }
   bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
   // Any thread: whether call_soon_threadsafe() work is (about to be) queued.
   bool inbox_pending() const noexcept { return inbox_pending_.load(std::memory_order_acquire); }
@@ -118,7 +124,7 @@ class Loop {
   void resume() noexcept {
     if (waiting_) {
       waiting_ = false;
-      if (hooks_.after_wait) hooks_.after_wait(hooks_.ctx);
+      call_hook(hooks_.after_wait);
     }
   }
 
@@ -179,10 +185,13 @@ class Loop {
   void adopt(OwnedHandle* handle) noexcept;
   void disown(OwnedHandle* handle) noexcept;
 
-  static void on_prepare(uv_prepare_t* handle);
-  static void on_check(uv_check_t* handle);
-  static void on_async(uv_async_t* handle);
-  static void on_signal_readable(uv_poll_t* handle, int status, int events);
+  // libuv callbacks: C frames are below them, so nothing may leave them.
+  static void on_prepare(uv_prepare_t* handle) noexcept;
+  static void on_check(uv_check_t* handle) noexcept;
+  static void on_async(uv_async_t* handle) noexcept;
+  static void on_signal_readable(uv_poll_t* handle, int status, int events) noexcept;
+  // An embedder's hook; what it throws goes to report_error().
+  void call_hook(void (*hook)(void*)) noexcept;
 
   char* make_read_buffer();
   void start_ring();
@@ -225,7 +234,7 @@ class Loop {
   Hooks hooks_{};
   Feeder feeder_{};
   std::function<void(std::exception_ptr)> error_handler_;
-  bool running_ = false;
+  std::atomic<bool> running_{false};
   bool stopping_ = false;
   bool aborting_ = false;
   bool block_ = false;

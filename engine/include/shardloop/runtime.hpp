@@ -150,12 +150,25 @@ class Future {
 
 class Runtime {
  public:
+  // The most shards a runtime takes. A ring per ordered pair of shards is
+  // allocated on the pair's first message (16 KiB at the default capacity),
+  // but the table of ring pointers is N x N (8 MiB at 1024) and every shard
+  // looks at its N incoming slots on each iteration; 1024 is twice the
+  // hardware threads of the largest common two-socket servers (512).
+  static constexpr unsigned kMaxShards = 1024;
+
   struct Options {
     // 0: one per CPU in the process's affinity mask.
     unsigned shards = 0;
     // Pin shard i to the i-th CPU of the mask (only when shards <= CPUs).
     bool pin = true;
-    // Slots per ring (per ordered pair of shards); a full ring grows.
+    // Slots per ring (per ordered pair of shards that has sent anything).
+    // A full ring never blocks its sender and never drops: the sender links
+    // a further ring of the same size behind it (order is kept), which the
+    // receiver frees once it has emptied it. Blocking could deadlock two
+    // shards sending to each other (or a shard sending to itself), dropping
+    // would lose work; so what a lagging receiver holds is bounded by what
+    // was sent to it, as with asyncio's call_soon_threadsafe.
     std::size_t ring_capacity = 1024;
     // Idle polling (Seastar's idle-poll-time): a shard that runs out of work
     // keeps watching its queues for up to this long before it blocks in the
@@ -179,6 +192,7 @@ class Runtime {
     bool io_uring = false;
   };
 
+  // Throws std::invalid_argument for more than kMaxShards shards.
   explicit Runtime(Options options);
   Runtime() : Runtime(Options{}) {}
   // Every attached shard must have detached (run() does that).
@@ -259,6 +273,7 @@ class Runtime {
   struct Stats {
     std::uint64_t wakeups = 0;    // uv_async_send calls made to wake a shard
     std::uint64_t overflows = 0;  // times a ring was full and grew
+    std::uint64_t rings = 0;      // pair rings allocated (pairs that have talked)
   };
   Stats stats() const noexcept;
 
@@ -282,6 +297,7 @@ class Runtime {
   bool round(bool active);
 
   unsigned count_;
+  std::size_t ring_capacity_ = 1024;
   bool pin_;
   double idle_poll_s_ = 0;  // 0: off
   std::vector<int> cpus_;

@@ -1,9 +1,16 @@
 // 4-ary min-heap of intrusive timer nodes, ordered by deadline and then by
 // scheduling order (asyncio's rule for timers with equal deadlines).
+// A NaN deadline sorts as -inf: it compares false with everything, which
+// would leave it at the top forever, never due, in front of every later
+// timer. asyncio's heap pops such a timer as due once it reaches the top
+// (and waits zero seconds for it), so here it is simply due at once;
+// `TimerNode::when` keeps the NaN (TimerHandle.when() reports it).
 #pragma once
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "shardloop/work.hpp"
@@ -58,6 +65,7 @@ class TimerHeap {
     std::uint64_t seq;
     TimerNode* node;
   };
+  static double key(double when) noexcept { return std::isnan(when) ? -std::numeric_limits<double>::infinity() : when; }
   static bool before(const Entry& a, const Entry& b) noexcept {
     return a.when < b.when || (a.when == b.when && a.seq < b.seq);
   }
