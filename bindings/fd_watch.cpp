@@ -84,7 +84,7 @@ void on_ready(void* ctx, int events) noexcept {
     }
     Py_INCREF(handle);
     try {
-      loop->engine->call_soon(handle_work(handle));
+      loop->engine->call_io(handle_work(handle));
     } catch (...) {
       Py_DECREF(handle);
     }
