@@ -213,6 +213,8 @@ class FdIOMixin:
             fut.set_exception(exc)
         else:
             fut.set_result(result)
+        finally:
+            fut = None  # type: ignore[assignment]  # the error's traceback holds this frame: no cycle
 
     def _sock_io_done(self, fd: int, readable: bool, handle: Any, fut: asyncio.Future) -> None:
         # A handle replaced by a later add_reader/add_writer is cancelled:
@@ -261,15 +263,16 @@ class FdIOMixin:
             return
         try:
             progress[0] += sock.send(view[progress[0]:])
+            if progress[0] == len(view):
+                fut.set_result(None)
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             fut.set_exception(exc)
-            return
-        if progress[0] == len(view):
-            fut.set_result(None)
+        finally:
+            fut = None  # type: ignore[assignment]  # the error's traceback holds this frame: no cycle
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         _check_socket(sock)
