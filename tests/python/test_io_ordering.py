@@ -11,6 +11,8 @@ receive/send loops rely on that (issue 16, cause 2).
 import asyncio
 import socket
 
+import pytest
+
 from _support import record_exceptions, run, same_as_asyncio
 
 
@@ -21,37 +23,19 @@ def readable_pair():
     return a, b
 
 
-def test_future_resolved_by_a_reader_is_not_resolved_twice(loop):
-    # anyio's pattern: the reader resolves a future whose done-callback
-    # removes the reader.  A second run of the reader before that callback
-    # would find the future done (InvalidStateError).
+@pytest.mark.parametrize("add, remove", [("add_reader", "remove_reader"), ("add_writer", "remove_writer")])
+def test_future_resolved_by_a_watch_is_not_resolved_twice(loop, add, remove):
+    # anyio's pattern: the reader (or writer) resolves a future whose
+    # done-callback removes it.  A second run before that callback would
+    # find the future done (InvalidStateError).
     errors = record_exceptions(loop)
-    a, b = readable_pair()
+    a, b = readable_pair()  # readable and writable
 
     async def main():
         for _ in range(5):
             fut = loop.create_future()
-            fut.add_done_callback(lambda f: loop.remove_reader(a))
-            loop.add_reader(a, fut.set_result, None)
-            await fut
-
-    try:
-        run(loop, main())
-    finally:
-        a.close()
-        b.close()
-    assert errors == []
-
-
-def test_writer_callback_runs_once_before_what_it_scheduled(loop):
-    errors = record_exceptions(loop)
-    a, b = socket.socketpair()  # writable from the start
-
-    async def main():
-        for _ in range(5):
-            fut = loop.create_future()
-            fut.add_done_callback(lambda f: loop.remove_writer(a))
-            loop.add_writer(a, fut.set_result, None)
+            fut.add_done_callback(lambda f: getattr(loop, remove)(a))
+            getattr(loop, add)(a, fut.set_result, None)
             await fut
 
     try:

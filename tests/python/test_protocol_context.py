@@ -154,16 +154,22 @@ def test_connection_lost_after_close_from_another_context(request, loop):
     asyncio_differs(request, loop, "close() schedules connection_lost in the caller's context")
 
     async def main():
-        a, b = socket.socketpair()
-        cvar.set("inner")
-        tr, proto = await loop.connect_accepted_socket(Recorder, a)
-        await proto.made
-        asyncio.get_running_loop().call_soon(_close_in, tr, "closing")
+        tr, proto, b = await accepted_in_inner(loop)
+        loop.call_soon(_close_in, tr, "closing")
         await proto.lost
         b.close()
         return proto
 
     all_inner(run(loop, main()), ("connection_lost",))
+
+
+async def accepted_in_inner(loop):
+    """A connected transport made with cvar set to 'inner', and its peer."""
+    a, b = socket.socketpair()
+    cvar.set("inner")
+    tr, proto = await loop.connect_accepted_socket(Recorder, a)
+    await proto.made
+    return tr, proto, b
 
 
 def _close_in(transport, value):
@@ -175,10 +181,7 @@ def test_pause_writing_after_a_write_from_another_context(request, loop):
     asyncio_differs(request, loop, "write() calls pause_writing() in the writer's context")
 
     async def main():
-        a, b = socket.socketpair()
-        cvar.set("inner")
-        tr, proto = await loop.connect_accepted_socket(Recorder, a)
-        await proto.made
+        tr, proto, b = await accepted_in_inner(loop)
         tr.set_write_buffer_limits(high=1024)
         ctx = contextvars.copy_context()
         ctx.run(cvar.set, "writer")
