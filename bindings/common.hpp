@@ -62,4 +62,31 @@ inline bool exception_must_propagate() {
   return PyErr_ExceptionMatches(PyExc_KeyboardInterrupt) || PyErr_ExceptionMatches(PyExc_SystemExit);
 }
 
+// Runs a transport's Python callbacks in the transport's contextvars
+// context (nullptr: the current one). A context that is already entered
+// (the protocol wrote from inside its own callback) is used as it is:
+// entering it twice is an error in CPython.
+class ContextScope {
+ public:
+  // Holds its own reference: the callback may free the owner of `context`.
+  explicit ContextScope(PyObject* context) : context_(Py_XNewRef(context)) {
+    if (context_ != nullptr && PyContext_Enter(context_) != 0) {
+      PyErr_Clear();
+      Py_CLEAR(context_);
+    }
+  }
+  ~ContextScope() {
+    if (context_ == nullptr) return;
+    PyObject* exc = fetch_exception();  // what the callback left raised stays raised
+    PyContext_Exit(context_);
+    if (exc != nullptr) restore_exception(exc);
+    Py_DECREF(context_);
+  }
+  ContextScope(const ContextScope&) = delete;
+  ContextScope& operator=(const ContextScope&) = delete;
+
+ private:
+  PyObject* context_;
+};
+
 }  // namespace shardloop::py

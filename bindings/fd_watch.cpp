@@ -15,7 +15,18 @@ struct Slot {
   LoopObject* loop;  // borrowed: the loop owns its slots
   FdWatcher* watcher;
   HandleObject* handles[2] = {nullptr, nullptr};  // reader, writer
+  // The file object add_reader/add_writer got (strong, as a selector key
+  // holds it): once its owner closes it, its fileno() is -1 and only this
+  // finds the watch again (asyncio's selector searches its keys the same way).
+  PyObject* fileobj = nullptr;
 };
+
+void free_slot(Slot* slot) {
+  slot->watcher->release();
+  for (HandleObject*& handle : slot->handles) Py_CLEAR(handle);
+  Py_CLEAR(slot->fileobj);
+  delete slot;
+}
 
 constexpr int kEvents[2] = {FdWatcher::kReadable, FdWatcher::kWritable};
 
@@ -41,8 +52,7 @@ bool drop(LoopObject* loop, int fd, int side) {
   slot->handles[side] = nullptr;
   if (wanted_events(slot) == 0) {
     loop->fd_watches->slots.erase(it);
-    slot->watcher->release();
-    delete slot;
+    free_slot(slot);
   } else {
     try {
       slot->watcher->watch(wanted_events(slot));
@@ -74,7 +84,7 @@ void on_ready(void* ctx, int events) noexcept {
     }
     Py_INCREF(handle);
     try {
-      loop->engine->call_soon(handle_work(handle));
+      loop->engine->call_io(handle_work(handle));
     } catch (...) {
       Py_DECREF(handle);
     }
@@ -176,17 +186,14 @@ void fd_watches_clear(LoopObject* loop) {
   if (loop->fd_watches == nullptr) return;
   auto slots = std::move(loop->fd_watches->slots);
   loop->fd_watches->slots.clear();
-  for (auto& [fd, slot] : slots) {
-    slot->watcher->release();
-    for (HandleObject*& handle : slot->handles) Py_CLEAR(handle);
-    delete slot;
-  }
+  for (auto& [fd, slot] : slots) free_slot(slot);
 }
 
 int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg) {
   if (watches == nullptr) return 0;
   for (auto& [fd, slot] : watches->slots) {
     for (HandleObject* handle : slot->handles) Py_VISIT(reinterpret_cast<PyObject*>(handle));
+    Py_VISIT(slot->fileobj);
   }
   return 0;
 }
@@ -201,6 +208,26 @@ PyObject* loop_add_listener(LoopObject* self, PyObject* const* args, Py_ssize_t 
 
 PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
   return add(self, args, nargs, 1, "add_writer");
+}
+
+PyObject* loop_note_fileobj(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "_note_fileobj(fd, fileobj)");
+    return nullptr;
+  }
+  int fd;
+  if (!parse_fd(args[0], &fd)) return nullptr;
+  auto it = self->fd_watches->slots.find(fd);
+  if (it != self->fd_watches->slots.end()) Py_XSETREF(it->second->fileobj, Py_NewRef(args[1]));
+  Py_RETURN_NONE;
+}
+
+PyObject* loop_watched_fd(LoopObject* self, PyObject* fileobj) {
+  // A linear search, as asyncio's: only for a file object closed while watched.
+  for (auto& [fd, slot] : self->fd_watches->slots) {
+    if (slot->fileobj == fileobj) return PyLong_FromLong(fd);
+  }
+  Py_RETURN_NONE;
 }
 
 PyObject* loop_remove_reader(LoopObject* self, PyObject* fd) { return remove(self, fd, 0); }

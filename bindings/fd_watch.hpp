@@ -24,6 +24,11 @@ PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t na
 // descriptor limit must not compete with its own watch).
 PyObject* loop_add_listener(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* loop_remove_reader(LoopObject* self, PyObject* fd);
+// _note_fileobj(fd, fileobj): remembers the file object of fd's watch (until
+// the watch goes); _watched_fd(fileobj) -> the fd of the watch noted with
+// that very object, or None: how a socket closed while watched is found.
+PyObject* loop_note_fileobj(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
+PyObject* loop_watched_fd(LoopObject* self, PyObject* fileobj);
 PyObject* loop_remove_writer(LoopObject* self, PyObject* fd);
 
 }  // namespace shardloop::py

@@ -543,6 +543,8 @@ PyMethodDef loop_methods[] = {
     {"_add_writer", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_writer)), METH_FASTCALL, nullptr},
     {"_remove_reader", reinterpret_cast<PyCFunction>(loop_remove_reader), METH_O, nullptr},
     {"_remove_writer", reinterpret_cast<PyCFunction>(loop_remove_writer), METH_O, nullptr},
+    {"_note_fileobj", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_note_fileobj)), METH_FASTCALL, nullptr},
+    {"_watched_fd", reinterpret_cast<PyCFunction>(loop_watched_fd), METH_O, nullptr},
     {"_signal_wakeup_fd", reinterpret_cast<PyCFunction>(loop_signal_wakeup_fd), METH_NOARGS, nullptr},
     {"_forward_signals", reinterpret_cast<PyCFunction>(loop_forward_signals), METH_O, nullptr},
     {"_after_fork", reinterpret_cast<PyCFunction>(loop_after_fork), METH_NOARGS, nullptr},

@@ -21,7 +21,21 @@ namespace {
 
 PyObject* raw_noop(PyObject*, PyObject* const*, Py_ssize_t) { Py_RETURN_NONE; }
 
+// _run_in_context(context, fn, *args): fn(*args) in a transport's context,
+// or in the current one when that context is already entered (a protocol
+// callback writing to its own transport), where Context.run would raise.
+PyObject* run_in_context(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs < 2 || !PyContext_CheckExact(args[0])) {
+    PyErr_SetString(PyExc_TypeError, "_run_in_context(context, fn, *args)");
+    return nullptr;
+  }
+  shardloop::py::ContextScope scope(args[0]);
+  return PyObject_Vectorcall(args[1], args + 2, nargs - 2, nullptr);
+}
+
 PyMethodDef raw_functions[] = {
+    {"_run_in_context", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(run_in_context)),
+     METH_FASTCALL, nullptr},
     {"_raw_noop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(raw_noop)), METH_FASTCALL,
      "No-op through CPython's vectorcall, for call-cost measurements."},
     {"_set_asyncio_types", shardloop::py::set_asyncio_types, METH_VARARGS, nullptr},

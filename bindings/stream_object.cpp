@@ -35,6 +35,9 @@ struct StreamObject {
   PyObject* over_high_water;    // called when a write leaves more than high_water queued
   std::size_t high_water;
   bool fast_write;
+  // The transport's context: every callback above runs in it, wherever the
+  // loop is when it comes (uvloop's rule; see README, Deliberate differences).
+  PyObject* context;  // nullptr: the current context
 };
 
 PyTypeObject* StreamType = nullptr;
@@ -93,6 +96,7 @@ void protocol_failed(StreamObject* self) {
 void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   auto* self = static_cast<StreamObject*>(ctx);
   Py_INCREF(self);  // the callback may drop the transport's last reference
+  ContextScope scope(self->context);
   if (nread > 0 && self->data_received != nullptr) {
     PyObject* method = Py_NewRef(self->data_received);
     PyObject* bytes = PyBytes_FromStringAndSize(data, nread);
@@ -126,6 +130,7 @@ void on_write(void* ctx, int status, std::size_t queued) noexcept {
   auto* self = static_cast<StreamObject*>(ctx);
   if (status >= 0 && !self->notify_writes) return;
   Py_INCREF(self);
+  ContextScope scope(self->context);
   PyObject* args[] = {error_or_none(status), PyLong_FromSize_t(queued)};
   call_back(self, self->on_write, args, 2);
   Py_DECREF(self);
@@ -134,6 +139,7 @@ void on_write(void* ctx, int status, std::size_t queued) noexcept {
 void on_shutdown(void* ctx, int status) noexcept {
   auto* self = static_cast<StreamObject*>(ctx);
   Py_INCREF(self);
+  ContextScope scope(self->context);
   PyObject* args[] = {error_or_none(status)};
   call_back(self, self->on_shutdown, args, 1);
   Py_DECREF(self);
@@ -148,12 +154,17 @@ void on_close(void* ctx) noexcept {
 }
 
 PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
-  static const char* kwlist[] = {"loop", "fd", "on_read", "on_write", "on_shutdown", "pipe", nullptr};
+  static const char* kwlist[] = {"loop", "fd", "on_read", "on_write", "on_shutdown", "pipe", "context", nullptr};
   PyObject *loop, *on_read_cb, *on_write_cb, *on_shutdown_cb;
+  PyObject* context = Py_None;
   int fd;
   int pipe = 0;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iOOO|$p", const_cast<char**>(kwlist), LoopType, &loop, &fd,
-                                   &on_read_cb, &on_write_cb, &on_shutdown_cb, &pipe)) {
+  if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!iOOO|$pO", const_cast<char**>(kwlist), LoopType, &loop, &fd,
+                                   &on_read_cb, &on_write_cb, &on_shutdown_cb, &pipe, &context)) {
+    return nullptr;
+  }
+  if (context != Py_None && !PyContext_CheckExact(context)) {
+    PyErr_Format(PyExc_TypeError, "context must be a contextvars.Context or None, got %R", context);
     return nullptr;
   }
   auto* lp = reinterpret_cast<LoopObject*>(loop);
@@ -167,6 +178,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->on_read = Py_NewRef(on_read_cb);
   self->on_write = Py_NewRef(on_write_cb);
   self->on_shutdown = Py_NewRef(on_shutdown_cb);
+  self->context = context == Py_None ? nullptr : Py_NewRef(context);
   self->high_water = 64 * 1024;
   try {
     self->stream = Stream::open(*lp->engine, fd, Stream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close},
@@ -264,7 +276,11 @@ PyObject* tcp_write_fast(StreamObject* self, PyObject* data) {
   }
   if (self->stream->queued() > self->high_water && self->over_high_water != nullptr) {
     PyObject* cb = Py_NewRef(self->over_high_water);
-    PyObject* r = PyObject_CallNoArgs(cb);
+    PyObject* r;
+    {
+      ContextScope scope(self->context);  // pause_writing(), in the transport's context
+      r = PyObject_CallNoArgs(cb);
+    }
     Py_DECREF(cb);
     if (r == nullptr) return nullptr;
     Py_DECREF(r);
@@ -347,6 +363,7 @@ int tcp_traverse(StreamObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->on_protocol_error);
   Py_VISIT(self->slow_write);
   Py_VISIT(self->over_high_water);
+  Py_VISIT(self->context);
   return 0;
 }
 
@@ -358,6 +375,7 @@ int tcp_clear(StreamObject* self) {
   Py_CLEAR(self->on_protocol_error);
   Py_CLEAR(self->slow_write);
   Py_CLEAR(self->over_high_water);
+  Py_CLEAR(self->context);
   return 0;
 }
 

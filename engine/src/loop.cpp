@@ -219,7 +219,7 @@ void Loop::arm_deadline(bool& block) {
 void Loop::run_once() {
   CurrentGuard guard(this);
   if (uv_is_active(reinterpret_cast<uv_handle_t*>(&idle_))) uv_idle_stop(&idle_);
-  block_ = ready_.empty() && !stopping_;
+  block_ = ready_.empty() && io_ready_.empty() && !stopping_;
   if (block_) arm_deadline(block_);
   // asyncio runs the callbacks of I/O events after those already ready, and
   // what they queue in the next iteration; libuv runs them inside the poll,
@@ -252,13 +252,33 @@ void Loop::run_once() {
   // poll that found nothing: a wake-up costs one poll, not two.
   const double now = timers_.empty() ? 0.0 : monotonic_now();
   const std::uint64_t timer_limit = timers_.next_seq();
-  if (!io_queued || (batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now)))
+  // Readiness callbacks (call_io) run after the batch, before the timers,
+  // as asyncio appends select()'s handles to its ready queue: what they
+  // schedule waits for the next iteration, after the next poll.
+  const std::size_t io = io_ready_.size();
+  const bool run_queued_now = io_queued && batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now);
+  if (!io_queued) batch = ready_.size();
+  if (run_queued_now) {
+    // This iteration is two: the one whose poll ran the I/O callbacks (its
+    // readiness callbacks with it), then the one after an empty poll.
     batch = ready_.size();
+    if (io != 0 && !run_io(io)) return;
+  }
   for (std::size_t n = batch; n > 0 && !ready_.empty(); --n) {
     ready_.pop_front().run();
     if (aborting_) return;
   }
+  if (io != 0 && !run_queued_now && !run_io(io)) return;
   run_due_timers(now, timer_limit);
+}
+
+// Returns false when a callback aborted the run.
+bool Loop::run_io(std::size_t n) {
+  for (; n > 0 && !io_ready_.empty(); --n) {
+    io_ready_.pop_front().run();
+    if (aborting_) return false;
+  }
+  return true;
 }
 
 // Due timers run straight from the heap instead of through the ready queue:
@@ -317,7 +337,7 @@ void Loop::on_prepare(uv_prepare_t* handle) noexcept {
   // libuv ran its due timers and pending callbacks since run_once decided
   // to block; if they queued work, an active idle handle makes the poll
   // return at once (libuv computes the poll timeout after this callback).
-  if (self->block_ && (!self->ready_.empty() || self->stopping_)) {
+  if (self->block_ && (!self->ready_.empty() || !self->io_ready_.empty() || self->stopping_)) {
     self->block_ = false;
     uv_idle_start(&self->idle_, [](uv_idle_t*) {});
   }
@@ -464,6 +484,7 @@ void Loop::disown(OwnedHandle* handle) noexcept {
 
 void Loop::discard_pending() noexcept {
   while (!ready_.empty()) ready_.pop_front().discard();
+  while (!io_ready_.empty()) io_ready_.pop_front().discard();
   while (TimerNode* node = timers_.pop()) node->work.discard();
   for (TimerNode* node : set_aside_) {
     node->heap_index = TimerNode::kNotScheduled;

@@ -117,6 +117,8 @@ class FdIOMixin:
     _add_writer: Callable[..., Any]
     _remove_reader: Callable[[int], bool]
     _remove_writer: Callable[[int], bool]
+    _note_fileobj: Callable[[int, Any], None]
+    _watched_fd: Callable[[Any], int | None]
     create_future: Callable[[], asyncio.Future]
 
     # -- fds owned by transports: asyncio refuses watchers on them.
@@ -144,17 +146,35 @@ class FdIOMixin:
         self._ensure_fd_no_transport(fd, fileno)
         return fileno
 
+    def _watched_fileno(self, fd: Any) -> int:
+        """The fd a watch on `fd` uses. A file object closed while watched
+        has fileno() -1: its watch is found by the object, as asyncio's
+        selector finds its key, else the ValueError stands."""
+        try:
+            return self._unowned_fileno(fd)
+        except ValueError:
+            fileno = None if isinstance(fd, int) else self._watched_fd(fd)
+            if fileno is None:
+                raise
+            return fileno
+
     def add_reader(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        self._add_reader(self._unowned_fileno(fd), callback, *args)
+        fileno = self._watched_fileno(fd)
+        self._add_reader(fileno, callback, *args)
+        if fd is not fileno:
+            self._note_fileobj(fileno, fd)
 
     def remove_reader(self, fd: Any) -> bool:
-        return self._remove_reader(self._unowned_fileno(fd))
+        return self._remove_reader(self._watched_fileno(fd))
 
     def add_writer(self, fd: Any, callback: Callable[..., object], *args: Any) -> None:
-        self._add_writer(self._unowned_fileno(fd), callback, *args)
+        fileno = self._watched_fileno(fd)
+        self._add_writer(fileno, callback, *args)
+        if fd is not fileno:
+            self._note_fileobj(fileno, fd)
 
     def remove_writer(self, fd: Any) -> bool:
-        return self._remove_writer(self._unowned_fileno(fd))
+        return self._remove_writer(self._watched_fileno(fd))
 
     # -- sock_*: try at once; if the kernel says "later", wait for readiness.
 
@@ -193,6 +213,8 @@ class FdIOMixin:
             fut.set_exception(exc)
         else:
             fut.set_result(result)
+        finally:
+            fut = None  # type: ignore[assignment]  # the error's traceback holds this frame: no cycle
 
     def _sock_io_done(self, fd: int, readable: bool, handle: Any, fut: asyncio.Future) -> None:
         # A handle replaced by a later add_reader/add_writer is cancelled:
@@ -241,15 +263,16 @@ class FdIOMixin:
             return
         try:
             progress[0] += sock.send(view[progress[0]:])
+            if progress[0] == len(view):
+                fut.set_result(None)
         except (BlockingIOError, InterruptedError):
             return
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             fut.set_exception(exc)
-            return
-        if progress[0] == len(view):
-            fut.set_result(None)
+        finally:
+            fut = None  # type: ignore[assignment]  # the error's traceback holds this frame: no cycle
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         _check_socket(sock)

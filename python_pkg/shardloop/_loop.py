@@ -179,7 +179,11 @@ class Loop(_core.Loop, ShardMixin, FdIOMixin, TcpMixin, UnixMixin, DatagramMixin
         return "<{}>".format(" ".join(info))
 
     def _log_slow_callback(self, handle: Any, seconds: float) -> None:
-        logger.warning("Executing %s took %.3f seconds", self._handle_repr(handle), seconds)
+        # A task's step names the task, as asyncio's _format_handle does:
+        # its step wrapper alone says nothing about which coroutine was slow.
+        owner = getattr(handle._callback, "__self__", None)
+        what = repr(owner) if isinstance(owner, tasks.Task) else self._handle_repr(handle)
+        logger.warning("Executing %s took %.3f seconds", what, seconds)
 
     def _callback_error(self, handle: Any, exc: BaseException) -> None:
         context = {

@@ -11,6 +11,7 @@ nothing queued would otherwise never notice."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import os
@@ -66,10 +67,14 @@ class _PipeTransport:
             raise ValueError(message)
         os.set_blocking(fileno, False)
         self._unpollable = stat.S_ISCHR(mode) and not _pollable(fileno)
+        # Every protocol callback runs in the context the transport was made
+        # in, as uvloop does (README: Deliberate differences).
+        self._context = contextvars.copy_context()
         if not self._unpollable:
             fd = os.dup(fileno)
             try:
-                self._stream = _core.Stream(loop, fd, self._on_read, self._on_write, _no_op, pipe=True)
+                self._stream = _core.Stream(loop, fd, self._on_read, self._on_write, _no_op, pipe=True,
+                                            context=self._context)
             except BaseException:
                 os.close(fd)
                 raise
@@ -129,7 +134,7 @@ class _PipeTransport:
         if self._lost:
             return
         self._lost = True
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         self._lost = True
@@ -155,7 +160,7 @@ class ReadPipeTransport(_PipeTransport, PausableReads, transports.ReadTransport)
         super().__init__(extra)
         self._open(loop, pipe, protocol, "Pipe transport is for pipes/sockets only.")
         self._paused = False
-        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(protocol.connection_made, self, context=self._context)
         # Reading starts only once connection_made() has run.
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -187,7 +192,7 @@ class ReadPipeTransport(_PipeTransport, PausableReads, transports.ReadTransport)
                 logger.info("%r was closed by peer", self)
             self._closing = True
             self._stream.read_stop()
-            self._loop.call_soon(self._protocol.eof_received)
+            self._loop.call_soon(self._protocol.eof_received, context=self._context)
             self._schedule_connection_lost(None)
 
     def _stop_reading(self) -> None:
@@ -225,7 +230,7 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
         mode = self._open(loop, pipe, protocol, "Pipe transport is only for pipes, sockets and character devices")
         self._conn_lost = 0
         self._watching = False
-        loop.call_soon(protocol.connection_made, self)
+        loop.call_soon(protocol.connection_made, self, context=self._context)
         if stat.S_ISSOCK(mode) or stat.S_ISFIFO(mode):
             loop.call_soon(self._watch_peer)
         if waiter is not None:
@@ -234,9 +239,17 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
     def _state(self) -> str:
         return f"open bufsize={self.get_write_buffer_size()}"
 
+    # pause_writing()/resume_writing() too run in the transport's context,
+    # whoever wrote.
+    def _maybe_pause_protocol(self) -> None:
+        _core._run_in_context(self._context, super()._maybe_pause_protocol)
+
+    def _maybe_resume_protocol(self) -> None:
+        _core._run_in_context(self._context, super()._maybe_resume_protocol)
+
     def _watch_peer(self) -> None:
         if not self._closing and self._pipe is not None:
-            self._loop._add_reader(self._fileno, self._peer_closed)
+            self._loop._add_reader(self._fileno, _core._run_in_context, self._context, self._peer_closed)
             self._watching = True
 
     def _unwatch_peer(self) -> None:

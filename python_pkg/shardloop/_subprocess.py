@@ -17,6 +17,7 @@ never waited for."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import os
@@ -124,6 +125,9 @@ class _Popen(subprocess.Popen):
 class SubprocessTransport(base_subprocess.BaseSubprocessTransport):
     def _start(self, args: Any, shell: bool, stdin: Any, stdout: Any, stderr: Any,
                bufsize: int, **kwargs: Any) -> None:
+        # process_exited() and connection_lost() run in the context the
+        # transport was made in, as uvloop's do (README: Deliberate differences).
+        self._context = contextvars.copy_context()
         # Code that replaces subprocess.Popen (tests mock it) sees its
         # replacement called, as on asyncio's loop.
         popen = _Popen if subprocess.Popen is _STDLIB_POPEN else subprocess.Popen
@@ -271,7 +275,7 @@ class _ChildWatch:
         transport, self._transport = self._transport, None
         # One more iteration, as asyncio does, so output read together with
         # the exit is handed over first.
-        self._loop.call_soon(transport._process_exited, returncode)
+        self._loop.call_soon(transport._process_exited, returncode, context=transport._context)
 
     def _start_thread(self) -> None:
         threading.Thread(target=self._wait_in_thread, name=f"waitpid-{self._pid}", daemon=True).start()

@@ -132,9 +132,13 @@ class TcpMixin:
         else:
             # A new attempt every `delay` seconds (or as soon as the last one
             # fails); the first connected socket wins, the others are cancelled.
-            sock, _, _ = await staggered.staggered_race(
+            sock, _, race_errors = await staggered.staggered_race(
                 [functools.partial(self._connect_one, errors, info, local_infos) for info in infos],
                 happy_eyeballs_delay, loop=self)
+            # `errors` has them all. Some Pythons' staggered_race keep this
+            # list in a closure that each error's traceback holds: a cycle.
+            race_errors.clear()
+            race_errors = None
         if sock is not None:
             return sock
         exceptions = [exc for attempt in errors for exc in attempt]
@@ -168,6 +172,9 @@ class TcpMixin:
             if sock is not None:
                 sock.close()
             raise
+        finally:
+            # The error's traceback holds this frame: no cycle through these lists.
+            mine = errors = None  # type: ignore[assignment]
 
     async def sendfile(self, transport: asyncio.BaseTransport, file: Any, offset: int = 0,
                        count: int | None = None, *, fallback: bool = True) -> int:

@@ -5,6 +5,7 @@ protocol calls, flow control and the order of closing)."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
 import os
@@ -61,6 +62,9 @@ class TcpTransport(asyncio.Transport):
                  waiter: asyncio.Future | None = None, extra: dict | None = None,
                  server: Any = None) -> None:
         super().__init__(extra)
+        # Every protocol callback runs in the context the transport was made
+        # in, as uvloop does (README: Deliberate differences).
+        self._context = contextvars.copy_context()
         self._extra["socket"] = trsock.TransportSocket(sock)
         for key, getter in (("sockname", sock.getsockname), ("peername", sock.getpeername)):
             if key not in self._extra:
@@ -87,7 +91,7 @@ class TcpTransport(asyncio.Transport):
             self._shares_fd = True
         try:
             self._stream = _core.Stream(loop, fd, self._on_read, self._on_write, self._on_shutdown,
-                                           pipe=sock.family == socket.AF_UNIX)
+                                        pipe=sock.family == socket.AF_UNIX, context=self._context)
         except BaseException:
             if not self._shares_fd:
                 os.close(fd)
@@ -109,7 +113,7 @@ class TcpTransport(asyncio.Transport):
         self._server = server
         if server is not None:
             _server_attach(server, self)
-        loop.call_soon(self._protocol.connection_made, self)
+        loop.call_soon(self._protocol.connection_made, self, context=self._context)
         if waiter is None:
             loop.call_soon(self._start_reading)
         else:
@@ -163,9 +167,9 @@ class TcpTransport(asyncio.Transport):
         if self._held is not None:
             # Like asyncio, the protocol hears of it from the loop, not from
             # inside resume_reading().
-            self._loop.call_soon(self._deliver_held)
+            self._loop.call_soon(self._deliver_held, context=self._context)
         elif self._eof_held:
-            self._loop.call_soon(self._on_eof)
+            self._loop.call_soon(self._on_eof, context=self._context)
         else:
             self._stream.read_start()
 
@@ -191,7 +195,7 @@ class TcpTransport(asyncio.Transport):
             # closed (test_events' test_create_ssl_unix_connection).
             self._stream.read_stop()
             self._eof_held = True
-            self._loop.call_soon(self._on_eof)
+            self._loop.call_soon(self._on_eof, context=self._context)
             return
         self._deliver(memoryview(data) if self._buffered else data)
 
@@ -295,7 +299,7 @@ class TcpTransport(asyncio.Transport):
             self._resume_protocol()
         if queued == 0 and self._closing and not self._conn_lost:
             self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._loop.call_soon(self._call_connection_lost, None, context=self._context)
         if queued == 0:
             self._settle_empty_waiter(None)
         self._stream.notify_writes = self._protocol_paused or self._closing or self._empty_waiter is not None
@@ -343,7 +347,7 @@ class TcpTransport(asyncio.Transport):
 
     def _call_flow_control(self, name: str) -> None:
         try:
-            getattr(self._protocol, name)()
+            _core._run_in_context(self._context, getattr(self._protocol, name))
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -367,7 +371,7 @@ class TcpTransport(asyncio.Transport):
         self._stream.read_stop()
         if self._stream.queued == 0:
             self._conn_lost += 1
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._loop.call_soon(self._call_connection_lost, None, context=self._context)
         else:  # _on_write calls connection_lost once the queue has drained
             self._stream.notify_writes = True
 
@@ -382,7 +386,7 @@ class TcpTransport(asyncio.Transport):
         # closing the native stream cancels its pending writes.
         self._stream.close()
         self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
 
     def _release_socket(self) -> None:
         if self._sock is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import os
 import socket
@@ -18,6 +19,7 @@ import warnings
 from asyncio import transports, trsock
 from typing import Any, Callable
 
+from . import _core
 from ._transport import _LOG_THRESHOLD_FOR_CONNLOST_WRITES, _set_result_unless_cancelled
 from ._transport_rules import PausableReads, fatal_error
 
@@ -236,7 +238,10 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
         self._reading = False  # reader registered
         self._writing = False  # writer registered
         loop._own_fd(self._sock_fd, self)  # add_reader & co. refuse it, as asyncio's do
-        loop.call_soon(protocol.connection_made, self)
+        # Every protocol callback runs in the context the transport was made
+        # in, as uvloop does (README: Deliberate differences).
+        self._context = contextvars.copy_context()
+        loop.call_soon(protocol.connection_made, self, context=self._context)
         # Reading starts only after connection_made() has run.
         loop.call_soon(self._start_reading)
         if waiter is not None:
@@ -272,11 +277,19 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
     def is_closing(self) -> bool:
         return self._closing
 
+    # pause_writing()/resume_writing() too run in the transport's context,
+    # whoever sent.
+    def _maybe_pause_protocol(self) -> None:
+        _core._run_in_context(self._context, super()._maybe_pause_protocol)
+
+    def _maybe_resume_protocol(self) -> None:
+        _core._run_in_context(self._context, super()._maybe_resume_protocol)
+
     # -- reading -----------------------------------------------------------
 
     def _start_reading(self) -> None:
         if self.is_reading():
-            self._loop._add_reader(self._sock_fd, self._read_ready)
+            self._loop._add_reader(self._sock_fd, _core._run_in_context, self._context, self._read_ready)
             self._reading = True
 
     def _stop_reading(self) -> None:
@@ -329,7 +342,7 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
         if not self._buffer:
             if self._send_now(data, addr) != _BLOCKED:
                 return
-            self._loop._add_writer(self._sock_fd, self._sendto_ready)
+            self._loop._add_writer(self._sock_fd, _core._run_in_context, self._context, self._sendto_ready)
             self._writing = True
         # The caller may reuse its buffer: keep an immutable copy.
         self._buffer.append((bytes(data), addr))
@@ -387,7 +400,7 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
         if not self._buffer:  # else _sendto_ready finishes once it drains
             self._conn_lost += 1
             self._stop_writing()
-            self._loop.call_soon(self._call_connection_lost, None)
+            self._loop.call_soon(self._call_connection_lost, None, context=self._context)
 
     def abort(self) -> None:
         self._force_close(None)
@@ -405,7 +418,7 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
         self._closing = True
         self._stop_reading()
         self._conn_lost += 1
-        self._loop.call_soon(self._call_connection_lost, exc)
+        self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
 
     def _call_connection_lost(self, exc: BaseException | None) -> None:
         try:

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <exception>
@@ -38,6 +39,38 @@ TEST(Loop, FifoOrderAcrossManyCallbacksAndQueueGrowth) {
   ASSERT_EQ(seen.size(), static_cast<std::size_t>(kN));
   for (int i = 0; i < kN; ++i) ASSERT_EQ(seen[i], i);
   EXPECT_EQ(loop.ready_count(), 0u);
+}
+
+// Readiness work (call_io, what add_reader uses) runs in the iteration whose
+// poll saw the fd, after what was ready before it; what it schedules waits
+// for the next iteration, which polls (and finds the fd) again first.
+TEST(Loop, ReadinessWorkRunsAfterTheBatchAndBeforeWhatItSchedules) {
+  Loop loop;
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  ASSERT_EQ(::write(fds[1], "x", 1), 1);  // never read: readable every poll
+  struct Ctx {
+    Loop* loop;
+    std::vector<std::string> seen;
+  } ctx{&loop, {}};
+  auto on_ready = +[](void* p, int) noexcept {
+    auto* c = static_cast<Ctx*>(p);
+    c->loop->call_io(shardloop::make_work([c] {
+      c->seen.push_back("io");
+      c->loop->call_soon([c] { c->seen.push_back("scheduled by io"); });
+    }));
+  };
+  auto* watcher = shardloop::FdWatcher::open(loop, fds[0], on_ready, &ctx);
+  watcher->watch(shardloop::FdWatcher::kReadable);
+  loop.call_soon([&] { ctx.seen.push_back("ready"); });
+
+  loop.run_once();
+  EXPECT_EQ(ctx.seen, (std::vector<std::string>{"ready", "io"}));
+  loop.run_once();
+  EXPECT_EQ(ctx.seen, (std::vector<std::string>{"ready", "io", "scheduled by io", "io"}));
+  watcher->release();
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
 
 TEST(Loop, RawWorkRunsWithRunTrue) {

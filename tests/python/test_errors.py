@@ -574,6 +574,25 @@ def test_debug_slow_callback_warning(loop, caplog):
     assert any("slow_callback_for_debug" in m for m in warnings), warnings
 
 
+async def slow_task_for_debug():
+    time.sleep(0.05)
+
+
+def test_debug_slow_callback_warning_names_the_task(loop, caplog):
+    # asyncio names the Task whose step was slow, not the step's handle.
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.01
+    run(loop, loop.create_task(slow_task_for_debug(), name="slow-one"))
+    warnings = [
+        r.getMessage() for r in caplog.records
+        if r.name == "asyncio" and r.levelno == logging.WARNING and "Executing" in r.getMessage()
+    ]
+    assert any(m.startswith("Executing <Task finished name='slow-one' coro=<slow_task_for_debug()")
+               for m in warnings), warnings
+    assert not any("TaskStepMethWrapper" in m for m in warnings), warnings
+
+
 def test_no_slow_callback_warning_without_debug(loop, caplog):
     caplog.set_level(logging.DEBUG, logger="asyncio")
     loop.set_debug(False)

@@ -11,6 +11,7 @@
 #include <exception>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -74,6 +75,14 @@ class Loop {
     push_ready(work);
   }
   void call_soon(std::function<void()> fn) { call_soon(make_work(std::move(fn))); }
+  // Loop thread only, from a libuv I/O callback that only reports readiness
+  // (add_reader/add_writer): `work` joins this iteration's batch after what
+  // was ready before the poll and before the due timers, as asyncio's
+  // select() appends its handles; what it schedules waits for the next one.
+  void call_io(Work work) {
+    if (is_closed()) throw std::logic_error("Event loop is closed");
+    io_ready_.push_back(work);
+  }
   // `node->work` runs once `when` (a time() value) has passed. The loop does
   // not own the node; cancel() takes it back before its deadline.
   void schedule(TimerNode* node, double when);
@@ -155,6 +164,7 @@ class Loop {
   template <typename F>
   void for_each_pending(F&& f) const {
     ready_.for_each([&](const Work& work) { f(work); });
+    io_ready_.for_each([&](const Work& work) { f(work); });
     timers_.for_each([&](const TimerNode& node) { f(node.work); });
   }
 
@@ -177,7 +187,7 @@ class Loop {
   static constexpr std::size_t kReadBufferSize = 256 * 1024;
   char* read_buffer() { return read_buffer_ ? read_buffer_.get() : make_read_buffer(); }
 
-  std::size_t ready_count() const noexcept { return ready_.size(); }
+  std::size_t ready_count() const noexcept { return ready_.size() + io_ready_.size(); }
   std::size_t timer_count() const noexcept { return timers_.size(); }
 
  private:
@@ -199,6 +209,7 @@ class Loop {
   bool must_poll() noexcept;
   void arm_deadline(bool& block);
   void run_due_timers(double now, std::uint64_t limit);
+  bool run_io(std::size_t n);
   void drain_inbox();
   void discard_pending() noexcept;
 
@@ -213,6 +224,7 @@ class Loop {
   int signal_forward_fd_ = -1;
 
   RingQueue<Work> ready_;
+  RingQueue<Work> io_ready_;  // call_io(): this iteration's readiness callbacks
   TimerHeap timers_;
   std::vector<TimerNode*> set_aside_;
   std::unique_ptr<char[]> read_buffer_;
