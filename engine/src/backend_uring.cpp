@@ -234,6 +234,47 @@ void Ring::harvest() noexcept {
   io_uring_cq_advance(&ring_, n);
 }
 
+// The kernel fills one provided buffer (16 KiB) per completion; a 100 KiB
+// message would reach the owner in seven calls where a read(2) into the
+// loop's 256 KiB buffer takes one. Consecutive data completions of one
+// stream are copied into that buffer (and their buffers returned) and
+// delivered together. Returns the index of the last completion used.
+std::size_t Ring::gather(std::size_t first) noexcept {
+  char* out;
+  try {
+    out = loop_.read_buffer();
+  } catch (const std::bad_alloc&) {
+    out = nullptr;
+  }
+  const Completion head = cqes_[first];
+  auto* stream = reinterpret_cast<Stream*>(head.user_data & ~kOpMask);
+  std::size_t n = 0, i = first;
+  unsigned flags = head.flags;
+  for (; out != nullptr && i < cqes_.size(); ++i) {
+    const Completion& c = cqes_[i];
+    if (c.user_data != head.user_data || c.res <= 0 || !(c.flags & IORING_CQE_F_BUFFER) ||
+        n + static_cast<std::size_t>(c.res) > Loop::kReadBufferSize)
+      break;
+    const unsigned bid = c.flags >> IORING_CQE_BUFFER_SHIFT;
+    std::memcpy(out + n, buffer(bid), static_cast<std::size_t>(c.res));
+    n += static_cast<std::size_t>(c.res);
+    recycle(bid);
+    flags = c.flags;
+    if (!(c.flags & IORING_CQE_F_MORE)) {
+      ++i;  // a multishot's last completion ends the run
+      break;
+    }
+  }
+  if (n == 0) {  // no buffer to gather into: one at a time
+    if (!(head.flags & IORING_CQE_F_MORE)) --live_;
+    stream->on_completion(Stream::kRecv, head.res, head.flags);
+    return first;
+  }
+  if (!(flags & IORING_CQE_F_MORE)) --live_;
+  stream->on_completion(Stream::kRecv, static_cast<int>(n), flags & ~IORING_CQE_F_BUFFER, out);
+  return i - 1;
+}
+
 bool Ring::dispatch() noexcept {
   bool any = false;
   // Callbacks may queue operations (and harvest more): index, not iterator.
@@ -241,6 +282,12 @@ bool Ring::dispatch() noexcept {
     const Completion c = cqes_[i];
     auto* stream = reinterpret_cast<Stream*>(c.user_data & ~kOpMask);
     const auto op = static_cast<unsigned>(c.user_data & kOpMask);
+    if (op == Stream::kRecv && c.res > 0 && (c.flags & IORING_CQE_F_BUFFER) && i + 1 < cqes_.size() &&
+        cqes_[i + 1].user_data == c.user_data) {
+      i = gather(i);  // consecutive reads of one stream, delivered as one
+      any = true;
+      continue;
+    }
     if (op != Stream::kRecv || !(c.flags & IORING_CQE_F_MORE)) --live_;
     stream->on_completion(op, c.res, c.flags);
     any = true;
@@ -295,11 +342,11 @@ void Ring::drain() noexcept {
 
 // ---- Stream on the ring ---------------------------------------------------
 
-void Stream::on_completion(unsigned op, int res, unsigned flags) noexcept {
+void Stream::on_completion(unsigned op, int res, unsigned flags, const char* data) noexcept {
   if (op != kRecv || !(flags & IORING_CQE_F_MORE)) --inflight_;
   switch (op) {
     case kRecv:
-      uring_recv_done(res, flags);
+      uring_recv_done(res, flags, data);
       break;
     case kSend:
       uring_send_done(res);
@@ -341,24 +388,27 @@ void Stream::uring_cancel_recv() noexcept {
 
 bool Stream::held() const noexcept { return !held_.empty() || held_status_ != 0 || resume_queued_; }
 
-void Stream::uring_recv_done(int res, unsigned flags) noexcept {
+// `data`: bytes the ring already gathered from several completions (their
+// buffers are back); otherwise they are in the completion's buffer.
+void Stream::uring_recv_done(int res, unsigned flags, const char* data) noexcept {
   const bool more = flags & IORING_CQE_F_MORE;
   if (!more) recv_armed_ = false;
-  if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+  if (res > 0 && (data != nullptr || (flags & IORING_CQE_F_BUFFER))) {
     const unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+    const char* bytes = data != nullptr ? data : ring_->buffer(bid);
     if (!closed()) {
       if (reading_ && !held()) {
-        deliver(ring_->buffer(bid), res);
+        deliver(bytes, res);
       } else {
         // Arrived after read_stop(): kept for read_start(), in order.
         try {
-          held_.append(ring_->buffer(bid), static_cast<std::size_t>(res));
+          held_.append(bytes, static_cast<std::size_t>(res));
         } catch (const std::bad_alloc&) {
           held_status_ = UV_ENOBUFS;
         }
       }
     }
-    ring_->recycle(bid);
+    if (data == nullptr) ring_->recycle(bid);
     // A multishot recv the kernel ended (it may, at any time) is re-armed.
     if (!more && !closed() && reading_ && !held()) uring_arm_recv();
     return;

@@ -74,6 +74,7 @@ class Ring {
   int submit(bool wait) noexcept;
   void harvest() noexcept;
   bool dispatch() noexcept;
+  std::size_t gather(std::size_t first) noexcept;
   void release() noexcept;
 
   struct Completion {

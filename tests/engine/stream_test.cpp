@@ -116,6 +116,28 @@ TEST_P(StreamTest, ReadsThenEof) {
   ::close(peer);
 }
 
+// What is waiting when reading starts arrives in one delivery, as a read
+// into the loop's 256 KiB buffer gives it on epoll: on io_uring the ring
+// gathers the consecutive 16 KiB completions of one stream.
+TEST_P(StreamTest, WaitingBytesArriveTogether) {
+  Events ev;
+  Stream* s;
+  int peer = open_pair(&s, &ev);
+  int size = 512 * 1024;
+  ::setsockopt(peer, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+  const std::string data(128 * 1024, 'q');
+  ASSERT_EQ(::send(peer, data.data(), data.size(), MSG_DONTWAIT), static_cast<ssize_t>(data.size()));
+  int deliveries = 0;
+  ev.on_data = [&] { ++deliveries; };
+  ASSERT_EQ(s->read_start(), 0);
+  run_until([&] { return ev.data.size() == data.size(); }, "gathered read");
+  EXPECT_EQ(ev.data, data);
+  EXPECT_LE(deliveries, 2);
+  s->release();
+  iterations(2);
+  ::close(peer);
+}
+
 // Nothing is delivered after read_stop() returns, and nothing is lost or
 // reordered by read_start(): on io_uring the multishot recv is cancelled,
 // and what the kernel delivered meanwhile is held.

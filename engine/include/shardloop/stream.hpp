@@ -62,7 +62,7 @@ class Stream final : public OwnedHandle {
 
   // Ring completions (io_uring backend; called by Ring only).
   enum Op : unsigned { kRecv = 1, kSend = 2, kShutdown = 3, kCancel = 4, kClose = 5, kResume = 6 };
-  void on_completion(unsigned op, int res, unsigned flags) noexcept;
+  void on_completion(unsigned op, int res, unsigned flags, const char* data = nullptr) noexcept;
   // Ring: turns what this iteration wrote into one send SQE.
   void submit_send() noexcept;
   bool send_dirty = false;
@@ -93,7 +93,7 @@ class Stream final : public OwnedHandle {
   void uring_cancel_recv() noexcept;
   void uring_queue_send() noexcept;
   void uring_shutdown() noexcept;
-  void uring_recv_done(int res, unsigned flags) noexcept;
+  void uring_recv_done(int res, unsigned flags, const char* data) noexcept;
   void uring_send_done(int res) noexcept;
   void uring_deliver_held() noexcept;
   void uring_close() noexcept;
