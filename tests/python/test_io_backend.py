@@ -54,14 +54,15 @@ def test_backend_is_fixed_once_running():
     shardloop.run(main(), io_uring=True)
 
 
-async def _echo_roundtrip(payload: bytes) -> tuple[bytes, bool, bool]:
-    async def handle(reader, writer):
-        while data := await reader.read(1 << 16):
-            writer.write(data)
-            await writer.drain()
-        writer.close()
+async def _echo(reader, writer):
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+
+async def _echo_roundtrip(payload: bytes) -> tuple[bytes, bool, bool]:
+    server = await asyncio.start_server(_echo, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     client_ring = writer.transport._stream.uses_ring
@@ -143,13 +144,7 @@ def test_fork_child_leaves_the_parents_ring_alone():
     async def main():
         loop = asyncio.get_running_loop()
 
-        async def handle(reader, writer):
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         assert writer.transport._stream.uses_ring
