@@ -6,6 +6,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <mutex>
 #include <new>
 #include <system_error>
@@ -132,10 +133,30 @@ void Ring::release() noexcept {
   br_ = nullptr;
 }
 
+// Once per process (what it finds does not change for the better:
+// seccomp filters are only ever added), again in a fork child, which may
+// have added one. Serialised: liburing's setup is not thread-safe.
+void Ring::probe() {
+  static std::mutex mu;
+  static pid_t probed_in = 0;
+  static std::exception_ptr verdict;
+  std::lock_guard<std::mutex> lock(mu);
+  if (probed_in != ::getpid()) {
+    verdict = nullptr;
+    try {
+      probe_once();
+    } catch (const std::system_error&) {
+      verdict = std::current_exception();
+    }
+    probed_in = ::getpid();
+  }
+  if (verdict) std::rethrow_exception(verdict);
+}
+
 // A real round trip, not only the setup call: a multishot recv from a
 // provided buffer on a socketpair. Catches what a setup alone does not
 // (a kernel without multishot recv, a filter on io_uring_enter).
-void Ring::probe() {
+void Ring::probe_once() {
   io_uring ring{};
   setup_ring(&ring, 8);
   struct Cleanup {

@@ -71,6 +71,7 @@ class Ring {
 
  private:
   static void on_event(uv_poll_t* handle, int status, int events);
+  static void probe_once();
   int submit(bool wait) noexcept;
   void harvest() noexcept;
   bool dispatch() noexcept;
