@@ -168,3 +168,31 @@ def test_fork_child_leaves_the_parents_ring_alone():
         return os.waitstatus_to_exitcode(status), got
 
     assert shardloop.run(main(), io_uring=True) == (0, b"after")
+
+
+def test_ring_loop_stays_on_the_thread_that_first_ran_it():
+    """Its ring accepts submissions from one thread (SINGLE_ISSUER): a later
+    run from another thread is refused, and the loop still runs at home."""
+    import threading
+
+    loop = shardloop.new_event_loop(io_uring=True)
+    try:
+        assert loop.run_until_complete(asyncio.sleep(0, "home")) == "home"
+        errors = []
+
+        def elsewhere():
+            coro = asyncio.sleep(0)
+            try:
+                loop.run_until_complete(coro)
+            except RuntimeError as exc:
+                errors.append(str(exc))
+            finally:
+                coro.close()
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        thread.join()
+        assert errors and "thread that first ran it" in errors[0]
+        assert loop.run_until_complete(asyncio.sleep(0, "again")) == "again"
+    finally:
+        loop.close()
