@@ -17,7 +17,8 @@ import serverproc
 HERE = os.path.dirname(os.path.abspath(__file__))
 SERVERS_DIR = os.path.join(HERE, "servers")
 WRK_SCRIPT = os.path.join(HERE, "wrk_report.lua")
-MISSING = "networking not implemented yet (issue #4)"
+# The skipped cell's reason when a loop raises NotImplementedError in a server.
+MISSING = "lacks the networking this server uses (raised NotImplementedError)"
 # wrk's connection set-up and the servers' first requests (imports,
 # specialisation) stay out of the measured run.
 WRK_WARMUP_S = 1

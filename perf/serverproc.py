@@ -22,9 +22,10 @@ class ServerFailed(Exception):
 
 
 def guarded_cell(loop, missing, measure):
-    """measure()'s cell, or a skipped cell when the loop cannot serve yet
-    (`missing` says what it lacks and which issue brings it), or an error
-    cell: one broken cell must not end a run of dozens."""
+    """measure()'s cell, or a skipped cell when the loop cannot serve
+    (`missing` says what it lacks; the loop's own message goes in
+    `detail`), or an error cell: one broken cell must not end a run of
+    dozens."""
     try:
         return measure()
     except Unsupported as e:

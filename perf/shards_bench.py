@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Sharded Python echo server (issue #6): `shardloop.run(main(), shards=N)`
+"""Sharded Python echo server: `shardloop.run(main(), shards=N)`
 serving `asyncio.start_server(..., reuse_port=True)` with N = 1, 2, ... on
 each interpreter given (a GIL build and free-threaded CPython), driven by the
 closed-loop C load generator. Per cell: req/s, the server's user and system
