@@ -1,6 +1,7 @@
-// Not tests: a listener, registered at static-initialisation time, that
-// aborts the binary (naming the test) if any single test runs for more than
-// kLimitSeconds. A loop that is never woken would otherwise hang until
+// A helper of the engine_tests binary, not a test source (so CMakeLists.txt
+// names it outside the *_test.cpp glob): a listener, registered at
+// static-initialisation time, that aborts the binary (naming the test) if any
+// single test runs for more than kLimitSeconds. A loop that is never woken would otherwise hang until
 // ctest's own 60 s timeout, without saying where.
 #include <gtest/gtest.h>
 
