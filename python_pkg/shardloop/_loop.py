@@ -20,7 +20,6 @@ from typing import Any, Callable
 
 from . import _core
 from ._fdio import FdIOMixin
-from ._pending import install_pending_methods
 from ._pipes import PipeMixin
 from ._shards import ShardMixin
 from ._signals import SignalMixin
@@ -457,5 +456,4 @@ def _after_fork_in_child() -> None:
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-install_pending_methods(Loop)
 _core._set_asyncio_types(futures.Future, tasks.Task)
