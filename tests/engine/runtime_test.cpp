@@ -13,7 +13,6 @@
 #include <vector>
 
 #include "shardloop/runtime.hpp"
-#include "shardloop/spsc_queue.hpp"
 #include "test_support.hpp"
 
 namespace {
@@ -22,7 +21,6 @@ using shardloop::Loop;
 using shardloop::Result;
 using shardloop::Runtime;
 using shardloop::ShardStopped;
-using shardloop::SpscQueue;
 using shardloop::Work;
 using shardloop_test::Counter;
 using shardloop_test::Latch;
@@ -32,50 +30,6 @@ Runtime::Options opts(unsigned shards, std::size_t ring = 1024) {
   Runtime::Options o = shardloop_test::unpinned(shards);
   o.ring_capacity = ring;
   return o;
-}
-
-TEST(RuntimeSpscQueue, OverflowKeepsOrderAndFreesRings) {
-  SpscQueue<int> q(16);
-  for (int i = 0; i < 100; ++i) q.push(i);
-  EXPECT_GE(q.overflows(), 5u);
-  std::vector<int> got;
-  while (q.drain([&](int v) { got.push_back(v); }) != 0) {
-  }
-  ASSERT_EQ(got.size(), 100u);
-  for (int i = 0; i < 100; ++i) EXPECT_EQ(got[i], i);
-  EXPECT_TRUE(q.empty());
-  q.push(7);
-  EXPECT_FALSE(q.empty());
-}
-
-TEST(RuntimeSpscQueue, DrainTakesOnlyWhatWasThere) {
-  SpscQueue<int> q(16);
-  q.push(1);
-  q.push(2);
-  int seen = 0;
-  // A consumer that is also the producer (a shard sending to itself).
-  EXPECT_EQ(q.drain([&](int v) { ++seen; q.push(v + 10); }), 2u);
-  EXPECT_EQ(seen, 2);
-  EXPECT_FALSE(q.empty());
-}
-
-TEST(RuntimeSpscQueue, TwoThreadsExactOrder) {
-  Watchdog dog("spsc two threads", 60);
-  SpscQueue<std::uint64_t> q(64);  // small: the overflow path is exercised
-  constexpr std::uint64_t kN = 200000;
-  std::thread producer([&] {
-    for (std::uint64_t i = 0; i < kN; ++i) q.push(i);
-  });
-  std::uint64_t next = 0, bad = 0;
-  while (next < kN) {
-    q.drain([&](std::uint64_t v) {
-      if (v != next) ++bad;
-      next = v + 1;
-    });
-  }
-  producer.join();
-  EXPECT_EQ(bad, 0u);
-  EXPECT_TRUE(q.empty());
 }
 
 TEST(Runtime, DefaultsToTheAffinityMask) {
