@@ -28,8 +28,8 @@ SERVERS = {
 SIZES = {"1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
 QUICK_SIZES = ("1KiB",)  # --quick checks the harness; one size does that
 # The skipped cell's reason when a loop raises NotImplementedError in these
-# servers: every loop compared implements them today, so this only shows
-# for a loop added to the comparison that lacks part of asyncio's API.
+# servers (it lacks part of asyncio's API they use); the loop's own message
+# goes in the cell's `detail`.
 MISSING = "lacks the networking these servers use (raised NotImplementedError)"
 
 
