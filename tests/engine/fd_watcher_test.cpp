@@ -20,6 +20,7 @@ namespace {
 
 using shardloop::FdWatcher;
 using shardloop::Loop;
+using shardloop_test::spin;
 using shardloop_test::Watchdog;
 
 // The events of each callback, in order; `on_event` (if set) runs after
@@ -33,20 +34,6 @@ struct Seen {
     if (self->on_event) self->on_event();
   }
 };
-
-// Runs `n` iterations that each poll without blocking: readiness that stays
-// (level-triggered, nothing read) is reported once per iteration.
-void spin(Loop& loop, int n) {
-  int left = n;
-  std::function<void()> step = [&] {
-    if (--left > 0)
-      loop.call_soon(step);
-    else
-      loop.stop();
-  };
-  loop.call_soon(step);
-  loop.run();
-}
 
 class FdWatcherTest : public testing::Test {
  protected:

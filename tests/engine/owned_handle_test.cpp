@@ -6,14 +6,13 @@
 
 #include <uv.h>
 
-#include <functional>
-
 #include "shardloop/shardloop.hpp"
 #include "test_support.hpp"
 
 namespace {
 
 using shardloop::Loop;
+using shardloop_test::spin;
 using shardloop_test::Watchdog;
 
 // What the probe records lives outside it, so it can be read after the
@@ -45,20 +44,6 @@ class Probe final : public shardloop::OwnedHandle {
   uv_idle_t idle_{};
   Record& record_;
 };
-
-// Runs `n` loop iterations, each polling libuv (the idle handle and pending
-// closes keep the poll from blocking): libuv's close callbacks run there.
-void spin(Loop& loop, int n) {
-  int left = n;
-  std::function<void()> step = [&] {
-    if (--left > 0)
-      loop.call_soon(step);
-    else
-      loop.stop();
-  };
-  loop.call_soon(step);
-  loop.run();
-}
 
 TEST(OwnedHandle, CallbacksRunUntilCloseAndNotAfter) {
   Watchdog dog("OwnedHandle.CallbacksRunUntilCloseAndNotAfter");

@@ -21,6 +21,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -170,6 +171,21 @@ inline bool read_exactly(int fd, std::string& out, std::size_t n) {
     out.append(buf, static_cast<std::size_t>(got));
   }
   return true;
+}
+
+// Runs `n` iterations of `loop`, each with work ready, so none blocks: libuv
+// still polls in each while it has active or closing handles (level-triggered
+// readiness is reported once per iteration, close callbacks run).
+inline void spin(shardloop::Loop& loop, int n) {
+  int left = n;
+  std::function<void()> step = [&] {
+    if (--left > 0)
+      loop.call_soon(step);
+    else
+      loop.stop();
+  };
+  loop.call_soon(step);
+  loop.run();
 }
 
 // Runtime options for tests: `shards` shards, never pinned (the test
