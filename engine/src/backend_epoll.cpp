@@ -74,11 +74,17 @@ void Stream::on_poll(uv_poll_t* handle, int status, int events) {
   if (rc != 0) {
     self->watching_ = -1;  // re-evaluated below
     self->report_write(rc);
-  } else if (self->queued() == 0 && self->shutdown_pending_) {
+    if (!self->closed()) self->epoll_watch();
+    return;
+  }
+  // Progress first (an owner closing after its queue drains waits for
+  // queued == 0), then a pending shutdown, as on the ring.
+  if (self->queued() != before) self->report_write(0);
+  if (self->closed()) return;
+  if (self->queued() == 0 && self->shutdown_pending_) {
     int sr = ::shutdown(self->fd_, SHUT_WR) == 0 ? 0 : -errno;
     self->finish_shutdown(sr);
-  } else if (self->queued() != before) {
-    self->report_write(0);
+    if (self->closed()) return;
   }
   self->epoll_watch();
 }
