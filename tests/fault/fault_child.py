@@ -48,7 +48,11 @@ async def drain_into(reader, n):
     return await reader.readexactly(n)
 
 
+SERVING = []  # the echo servers' handler tasks, awaited before a scenario ends
+
+
 async def serve_echo(reader, writer):
+    SERVING.append(asyncio.current_task())
     try:
         while True:
             data = await reader.read(65536)
@@ -58,12 +62,28 @@ async def serve_echo(reader, writer):
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
+    except Exception as exc:  # reported, not raised: the client's side says the rest
+        ERRORS.append(("server", exception_names(exc)))
     finally:
         writer.close()
         try:
             await writer.wait_closed()
         except OSError:
             pass
+
+
+async def handlers_done():
+    # Python 3.11's Server.wait_closed() does not wait for the handlers.
+    tasks, SERVING[:] = list(SERVING), []
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=SCENARIO_TIMEOUT / 2)
+    if pending:
+        import io
+        out = io.StringIO()
+        for t in pending:
+            t.print_stack(file=out)
+        raise AssertionError("echo handler stuck: " + out.getvalue())
 
 
 async def stream_exchange(reader, writer, data, use_eof):
@@ -101,6 +121,7 @@ async def tcp_streams():
     finally:
         server.close()
         await server.wait_closed()
+        await handlers_done()
     return got == data, len(got)
 
 
@@ -189,6 +210,7 @@ async def unix_streams():
         finally:
             server.close()
             await server.wait_closed()
+            await handlers_done()
     return got == data, len(got)
 
 
@@ -302,6 +324,7 @@ async def tls_streams():
     finally:
         server.close()
         await server.wait_closed()
+        await handlers_done()
     return got == data, len(got)
 
 
