@@ -59,8 +59,23 @@ test: test-integration conformance-gate test-wheel docs test-uring
 test-engine: build
 	cd build && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
 
-test-python: install
-	cd tests && ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
+test-python: install fault-shim
+	cd tests && SHARDLOOP_FAULT_SHIM=$(abspath $(FAULT_SHIM)) ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python
+
+# The fault-injection shim (tests/fault, LD_PRELOAD): only its target is
+# built. test-python runs tests/python/test_fault_injection.py on a fixed set
+# of seeds; fault-soak on FAULT_SEEDS seeds per mode and backend (not in
+# `make test`).
+FAULT_SHIM := build/tests/fault/libshardloop_fault.so
+FAULT_SEEDS ?= 100
+.PHONY: fault-shim fault-soak
+fault-shim: deps
+	$(VENV)/bin/cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARDLOOP_BUILD_PYTHON=ON $(CMAKE_PY_ARGS) >/dev/null
+	$(VENV)/bin/ninja -C build shardloop_fault
+
+fault-soak: install fault-shim
+	cd tests && SHARDLOOP_FAULT_SHIM=$(abspath $(FAULT_SHIM)) SHARDLOOP_FAULT_SOAK_SEEDS=$(FAULT_SEEDS) \
+	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python/test_fault_injection.py
 
 # The same suites with every shardloop loop on the io_uring backend (the
 # engine's GoogleTests cover both backends in one run, plain, ASan and TSan).
