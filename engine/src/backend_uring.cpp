@@ -143,11 +143,17 @@ void Ring::probe() {
   static std::exception_ptr verdict;
   std::lock_guard<std::mutex> lock(mu);
   if (probed_in != ::getpid()) {
-    verdict = nullptr;
-    try {
-      probe_once();
-    } catch (const std::system_error&) {
-      verdict = std::current_exception();
+    // Up to three tries: the round trip's plumbing (a socketpair write) can
+    // fail for reasons that say nothing about io_uring (fault injection
+    // makes it); a real refusal fails every time, and cheaply.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      verdict = nullptr;
+      try {
+        probe_once();
+        break;
+      } catch (const std::system_error&) {
+        verdict = std::current_exception();
+      }
     }
     probed_in = ::getpid();
   }
