@@ -383,6 +383,16 @@ void Runtime::detach() {
   while (round(drain(sh, false) != 0)) {
   }
   sh.state.store(kClosed, std::memory_order_seq_cst);
+  leave(sh, loop);
+  // After the last round nobody sends here, so nobody reads the pointer to
+  // wake the loop; stop() reads it under the lock.
+  std::lock_guard<std::mutex> lock(mu_);
+  sh.loop.store(nullptr, std::memory_order_release);
+}
+
+// What detach() and abandon() both do once the shard takes no more work:
+// its exit hooks, then the loop and the thread are unbound.
+void Runtime::leave(Shard& sh, Loop* loop) noexcept {
   for (auto& fn : sh.at_exit) {
     try {
       fn();
@@ -395,10 +405,6 @@ void Runtime::detach() {
   if (sh.restore_affinity) pthread_setaffinity_np(pthread_self(), sizeof sh.saved_affinity, &sh.saved_affinity);
   tls_runtime = nullptr;
   tls_shard = -1;
-  // After the last round nobody sends here, so nobody reads the pointer to
-  // wake the loop; stop() reads it under the lock.
-  std::lock_guard<std::mutex> lock(mu_);
-  sh.loop.store(nullptr, std::memory_order_release);
 }
 
 void Runtime::abandon() {
@@ -414,18 +420,7 @@ void Runtime::abandon() {
   sh.state.store(kClosed, std::memory_order_seq_cst);
   while (sh.foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   drain(sh, false);
-  for (auto& fn : sh.at_exit) {
-    try {
-      fn();
-    } catch (...) {
-      loop->report_error(std::current_exception());
-    }
-  }
-  sh.at_exit.clear();
-  loop->set_feeder(Loop::Feeder{});
-  if (sh.restore_affinity) pthread_setaffinity_np(pthread_self(), sizeof sh.saved_affinity, &sh.saved_affinity);
-  tls_runtime = nullptr;
-  tls_shard = -1;
+  leave(sh, loop);
   // The shutdown rounds count the shards still attached: without this one,
   // the others settle among themselves. `loop` stays set (not nullptr) for
   // senders that looked at the state before it changed: Loop::wake() is

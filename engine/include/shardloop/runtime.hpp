@@ -286,6 +286,7 @@ class Runtime {
 
   Shard& shard(unsigned s) const;
   Shard* my_shard() const noexcept;
+  void leave(Shard& sh, Loop* loop) noexcept;
   static void feed(void* ctx) noexcept;
   static bool sleep(void* ctx) noexcept;
   static bool idle(void* ctx, double until) noexcept;
