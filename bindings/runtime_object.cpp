@@ -265,74 +265,64 @@ PyObject* runtime_attach(RuntimeObject* self, PyObject* const* args, Py_ssize_t 
   Py_RETURN_NONE;
 }
 
+// The calling thread's shard of this runtime, whose loop has returned;
+// -1 with RuntimeError set otherwise. `verb` names the method.
+int stopped_shard(RuntimeObject* self, const char* verb) {
+  int shard = Runtime::current() == self->rt ? Runtime::this_shard() : -1;
+  if (shard < 0) {
+    PyErr_Format(PyExc_RuntimeError, "%s() needs the thread of an attached shard", verb);
+    return -1;
+  }
+  if (self->loops[shard].load(std::memory_order_acquire)->engine->is_running()) {
+    PyErr_Format(PyExc_RuntimeError, "%s() while the shard's loop runs", verb);
+    return -1;
+  }
+  return shard;
+}
+
+// Runs the engine's detach() or abandon() with the GIL released (both take
+// the runtime's lock, never awaited holding the GIL), then empties the
+// shard's slot: posting threads read it under the GIL (or, free-threaded,
+// while the Python runtime's own list still holds the loop).
+PyObject* leave_shard(RuntimeObject* self, int shard, void (Runtime::*leave)(), const char* verb) {
+  std::string error;
+  Py_BEGIN_ALLOW_THREADS
+  try {
+    (self->rt->*leave)();
+  } catch (const std::exception& e) {
+    error = e.what();
+    if (error.empty()) error = std::string(verb) + "() failed";
+  } catch (...) {
+    error = std::string(verb) + "() failed";
+  }
+  Py_END_ALLOW_THREADS
+  if (!error.empty()) {
+    PyErr_SetString(PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  Py_XDECREF(self->loops[shard].exchange(nullptr, std::memory_order_acq_rel));
+  Py_RETURN_NONE;
+}
+
 // detach(): on a shard's thread once its loop has returned. Every shard
 // stops; the queues are settled (requests answered with stopped(), the
 // rest dropped) together with the other shards, so this returns only when
 // every attached shard has called it.
 PyObject* runtime_detach(RuntimeObject* self, PyObject*) {
-  int shard = Runtime::current() == self->rt ? Runtime::this_shard() : -1;
-  if (shard < 0) {
-    PyErr_SetString(PyExc_RuntimeError, "detach() needs the thread of an attached shard");
-    return nullptr;
-  }
-  LoopObject* loop = self->loops[shard].load(std::memory_order_acquire);
-  if (loop->engine->is_running()) {
-    PyErr_SetString(PyExc_RuntimeError, "detach() while the shard's loop runs");
-    return nullptr;
-  }
-  std::string error;
-  Py_BEGIN_ALLOW_THREADS
-  try {
-    self->rt->detach();
-  } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "detach() failed";
-  } catch (...) {
-    error = "detach() failed";
-  }
-  Py_END_ALLOW_THREADS
-  if (!error.empty()) {
-    PyErr_SetString(PyExc_RuntimeError, error.c_str());
-    return nullptr;
-  }
-  // Posting threads read the slot under the GIL (or, free-threaded, while
-  // the Python runtime's own list still holds the loop).
-  Py_XDECREF(self->loops[shard].exchange(nullptr, std::memory_order_acq_rel));
-  Py_RETURN_NONE;
+  int shard = stopped_shard(self, "detach");
+  return shard < 0 ? nullptr : leave_shard(self, shard, &Runtime::detach, "detach");
 }
 
 // abandon(): detach() for a shard that will not wait for the others (one
-// of them is stuck): returns at once; see Runtime::abandon().
+// of them is stuck): returns at once (it waits only for posts in flight);
+// see Runtime::abandon(). The loop is kept alive in `abandoned`.
 PyObject* runtime_abandon(RuntimeObject* self, PyObject*) {
-  int shard = Runtime::current() == self->rt ? Runtime::this_shard() : -1;
-  if (shard < 0) {
-    PyErr_SetString(PyExc_RuntimeError, "abandon() needs the thread of an attached shard");
-    return nullptr;
-  }
-  LoopObject* loop = self->loops[shard].load(std::memory_order_acquire);
-  if (loop->engine->is_running()) {
-    PyErr_SetString(PyExc_RuntimeError, "abandon() while the shard's loop runs");
-    return nullptr;
-  }
+  int shard = stopped_shard(self, "abandon");
+  if (shard < 0) return nullptr;
+  auto* loop = reinterpret_cast<PyObject*>(self->loops[shard].load(std::memory_order_acquire));
   if (self->abandoned == nullptr && (self->abandoned = PyList_New(0)) == nullptr) return nullptr;
-  if (PyList_Append(self->abandoned, reinterpret_cast<PyObject*>(loop)) < 0) return nullptr;
-  std::string error;
-  // Brief (it waits only for posts in flight), but it takes the runtime's
-  // lock, which is never awaited holding the GIL.
-  Py_BEGIN_ALLOW_THREADS
-  try {
-    self->rt->abandon();
-  } catch (const std::exception& e) {
-    error = e.what();
-    if (error.empty()) error = "abandon() failed";
-  }
-  Py_END_ALLOW_THREADS
-  if (!error.empty()) {
-    PyErr_SetString(PyExc_RuntimeError, error.c_str());
-    return nullptr;
-  }
-  Py_XDECREF(self->loops[shard].exchange(nullptr, std::memory_order_acq_rel));
-  Py_RETURN_NONE;
+  if (PyList_Append(self->abandoned, loop) < 0) return nullptr;
+  return leave_shard(self, shard, &Runtime::abandon, "abandon");
 }
 
 PyObject* runtime_after_fork(PyObject*, PyObject*) {
