@@ -4,6 +4,7 @@
 #include "shardloop/stream.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -139,7 +140,14 @@ int Stream::shutdown() {
   if (ring_) {
     if (queued() == 0 && !send_inflight_) uring_shutdown();
   } else {
-    epoll_watch();  // the writable callback sends the queue, then shuts down
+    // With nothing queued the FIN goes now, as asyncio's write_eof() calls
+    // shutdown() at once; the owner still hears of it from the writable
+    // callback. Otherwise that callback sends the queue, then shuts down.
+    if (queued() == 0) {
+      shutdown_status_ = ::shutdown(fd_, SHUT_WR) == 0 ? 0 : -errno;
+      shutdown_sent_ = true;
+    }
+    epoll_watch();
   }
   return 0;
 }
@@ -156,6 +164,7 @@ void Stream::report_write(int status) noexcept {
 
 void Stream::finish_shutdown(int status) noexcept {
   shutdown_pending_ = false;
+  shutdown_sent_ = false;
   write_closed_ = true;
   if (callbacks_.on_shutdown) callbacks_.on_shutdown(callbacks_.ctx, status);
 }

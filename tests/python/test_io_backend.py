@@ -5,6 +5,7 @@ refuses io_uring_setup, as container runtimes' default profiles do)."""
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -195,4 +196,39 @@ def test_ring_loop_stays_on_the_thread_that_first_ran_it():
         assert errors and "thread that first ran it" in errors[0]
         assert loop.run_until_complete(asyncio.sleep(0, "again")) == "again"
     finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("make_loop", [
+    asyncio.new_event_loop,
+    lambda: shardloop.new_event_loop(io_uring=False),
+    lambda: shardloop.new_event_loop(io_uring=True),
+], ids=["asyncio", "epoll", "io_uring"])
+def test_write_eof_sends_the_fin_at_once(make_loop):
+    # asyncio's write_eof() calls shutdown() when nothing is queued, so the
+    # peer can read EOF before the loop runs again. The io_uring backend
+    # sent IORING_OP_SHUTDOWN instead, which waited for the next poll and
+    # then for an io-wq worker: the differential fuzzer saw the FIN arrive
+    # after events the peer caused later. The loop is not run between
+    # write_eof() and the peer's (bounded, blocking) read.
+    loop = make_loop()
+    lst = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(lst.getsockname())
+        peer, _ = lst.accept()
+        with peer:
+            client.setblocking(False)
+            transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=client))
+            loop.run_until_complete(asyncio.sleep(0.01))
+            transport.write(b"last")
+            transport.write_eof()
+            peer.settimeout(5)
+            got = b""
+            while chunk := peer.recv(100):
+                got += chunk
+            assert got == b"last"
+            transport.close()
+            loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        lst.close()
         loop.close()

@@ -107,6 +107,7 @@ class Stream final : public OwnedHandle {
   std::string out_;      // bytes written after those, not yet handed to the kernel
   std::string held_;     // io_uring: data the kernel delivered after read_stop()
   int held_status_ = 0;  // io_uring: EOF or an error that came after read_stop()
+  int shutdown_status_ = 0;  // what shutdown(2) returned, reported later (shutdown_sent_)
   int fd_;
   int watching_ = 0;  // epoll: the poll events asked of libuv
   int inflight_ = 0;  // io_uring: operations whose completion is still due
@@ -115,6 +116,7 @@ class Stream final : public OwnedHandle {
   bool recv_armed_ = false;     // io_uring: a multishot recv is in the kernel
   bool send_inflight_ = false;  // io_uring: a send SQE is in the kernel
   bool shutdown_pending_ = false;  // shut down once the queue is sent
+  bool shutdown_sent_ = false;     // epoll: shutdown(2) done, on_shutdown not yet called
   bool write_closed_ = false;
   bool write_failed_ = false;
   bool resume_queued_ = false;
