@@ -1,13 +1,12 @@
 """Differential fuzzing (issue 17): Hypothesis draws lists of transport and
 loop operations (write, writelines, write_eof, pause/resume_reading,
-set_write_buffer_limits, close, abort, bad writes; the peer sending, ending
-or stopping reading; call_soon/call_later/cancel; sock_sendall/sock_recv/
-sock_recv_into) and _differential.py plays each list on asyncio's loop and
+set_write_buffer_limits, close, abort, bad writes; the peer sending, ending,
+closing, resetting or stopping reading; call_soon/call_later/cancel;
+sock_sendall/sock_recv/sock_recv_into) and _differential.py plays each list on asyncio's loop and
 on shardloop with each I/O backend. The per-step protocol-callback trace
 and every byte stream must be the same.
 
-`make test` runs a fixed, derandomized set of examples (FUZZ_EXAMPLES, 25
-by default); `make fuzz` runs SHARDLOOP_FUZZ_EXAMPLES examples from a
+`make test` runs a fixed, derandomized set of 25 examples; `make fuzz` runs SHARDLOOP_FUZZ_EXAMPLES examples from a
 random seed, which Hypothesis prints when an example fails
 (reproduce with `pytest --hypothesis-seed=N`).
 """
@@ -54,6 +53,7 @@ OP = st.one_of(
     st.tuples(st.just("peer_send"), small),
     st.tuples(st.just("peer_eof")),
     st.tuples(st.just("peer_reading"), st.booleans()),
+    st.tuples(st.just("peer_close"), st.booleans()),  # True: with a RST
     st.tuples(st.just("callbacks"), st.lists(st.one_of(
         st.tuples(st.just("soon"), st.none()),
         st.tuples(st.just("later"), st.sampled_from([0, 0.001, 0.003, 0.02])),
