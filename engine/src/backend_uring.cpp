@@ -521,14 +521,14 @@ void Stream::uring_send_done(int res) noexcept {
   if (!closed() && queued() == 0 && shutdown_pending_ && !send_inflight_) uring_shutdown();
 }
 
-// shutdown(2) of a socket never blocks, but IORING_OP_SHUTDOWN always goes
-// to an io-wq worker: the FIN left 1-16 ms late (a worker may have to be
-// created first), after events the peer sent later had been delivered
-// (found by tests/python/test_differential.py). So the call is made here;
-// a NOP carries its result, so on_shutdown still comes from a completion,
-// never from inside shutdown(), as on the epoll backend.
+// After the last queued send: shutdown(2) of a socket never blocks, while
+// IORING_OP_SHUTDOWN always goes to an io-wq worker (the FIN left 1-16 ms
+// late, after events the peer sent later had been delivered: found by
+// tests/python/test_differential.py). So the call is made here; a NOP
+// carries its result, so on_shutdown comes from a completion.
 void Stream::uring_shutdown() noexcept {
   shutdown_status_ = ::shutdown(fd_, SHUT_WR) == 0 ? 0 : -errno;
+  shutdown_sent_ = true;
   ring_->nop(this, kShutdown);
   ++inflight_;
 }

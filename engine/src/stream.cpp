@@ -136,19 +136,32 @@ void Stream::compact() noexcept {
 int Stream::shutdown() {
   if (closed()) return UV_EBADF;
   if (write_closed_ || shutdown_pending_) return UV_EPIPE;
-  shutdown_pending_ = true;
-  if (ring_) {
-    if (queued() == 0 && !send_inflight_) uring_shutdown();
-  } else {
-    // With nothing queued the FIN goes now, as asyncio's write_eof() calls
-    // shutdown() at once; the owner still hears of it from the writable
-    // callback. Otherwise that callback sends the queue, then shuts down.
-    if (queued() == 0) {
-      shutdown_status_ = ::shutdown(fd_, SHUT_WR) == 0 ? 0 : -errno;
-      shutdown_sent_ = true;
+  if (queued() == 0 && !send_inflight_) {
+    // Nothing queued: the FIN goes now, as asyncio's write_eof() calls
+    // shutdown() at once, and a failure (ENOTCONN after the peer's reset) is
+    // the caller's to hear, as there; on_shutdown is then not called.
+    if (::shutdown(fd_, SHUT_WR) != 0) {
+      const int err = -errno;
+      write_closed_ = true;
+      return err;
     }
-    epoll_watch();
+    shutdown_pending_ = true;
+    shutdown_sent_ = true;
+    shutdown_status_ = 0;
+    // The owner still hears of it from a completion or the writable
+    // callback, never from inside shutdown().
+    if (ring_) {
+      ring_->nop(this, kShutdown);
+      ++inflight_;
+    } else {
+      epoll_watch();
+    }
+    return 0;
   }
+  // Otherwise the queue is sent first: the writable callback (epoll) or the
+  // last send's completion (io_uring) shuts down.
+  shutdown_pending_ = true;
+  if (!ring_) epoll_watch();
   return 0;
 }
 

@@ -4,8 +4,10 @@ and the fallback when the process may not have one (a seccomp filter that
 refuses io_uring_setup, as container runtimes' default profiles do)."""
 
 import asyncio
+import errno
 import os
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -229,6 +231,41 @@ def test_write_eof_sends_the_fin_at_once(make_loop):
             assert got == b"last"
             transport.close()
             loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        lst.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("make_loop", [
+    asyncio.new_event_loop,
+    lambda: shardloop.new_event_loop(io_uring=False),
+    lambda: shardloop.new_event_loop(io_uring=True),
+], ids=["asyncio", "epoll", "io_uring"])
+def test_write_eof_after_a_reset_raises(make_loop):
+    # asyncio's write_eof() raises what shutdown() raises: after the peer's
+    # RST (unseen by a transport not reading), ENOTCONN. shardloop used to
+    # swallow it (the differential fuzzer's scenario: pause_reading, peer
+    # reset, write_eof). The transport is at EOF either way.
+    loop = make_loop()
+    lst = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(lst.getsockname())
+        peer, _ = lst.accept()
+        client.setblocking(False)
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=client))
+        transport.pause_reading()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        with pytest.raises(OSError) as info:
+            transport.write_eof()
+        assert info.value.errno == errno.ENOTCONN
+        assert str(info.value) == "[Errno %d] %s" % (errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        transport.write_eof()  # once at EOF, a no-op
+        with pytest.raises(RuntimeError, match="Cannot call write"):
+            transport.write(b"x")
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
     finally:
         lst.close()
         loop.close()
