@@ -74,8 +74,11 @@ fault-shim: deps
 	$(VENV)/bin/ninja -C build shardloop_fault
 
 fault-soak: install fault-shim
+	rm -f build/fault-tally.jsonl
 	cd tests && SHARDLOOP_FAULT_SHIM=$(abspath $(FAULT_SHIM)) SHARDLOOP_FAULT_SOAK_SEEDS=$(FAULT_SEEDS) \
+	  SHARDLOOP_FAULT_TALLY=$(abspath build/fault-tally.jsonl) \
 	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python/test_fault_injection.py
+	$(VPY) tests/fault/tally.py build/fault-tally.jsonl
 
 # Differential fuzzing against asyncio's loop (tests/python/test_differential.py,
 # Hypothesis): test-python runs a fixed, derandomized set of 25 examples on
