@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from _differential import BIG, play
+from _differential import play
 from _support import requires_shardloop, shardloop
 
 LONG = int(os.environ.get("SHARDLOOP_FUZZ_EXAMPLES", "0"))
@@ -98,10 +98,6 @@ def first_different_step(got, ref):
     return len(ref), got[len(ref):], ref[len(got):]
 
 
-def _short(step):
-    return [("write_big",) if e == ("write", BIG) else e for e in step]
-
-
 @settings(max_examples=EXAMPLES, derandomize=not LONG, deadline=None, database=None,
           suppress_health_check=list(HealthCheck), print_blob=True)
 @given(SCENARIO)
@@ -119,5 +115,5 @@ def test_same_trace_as_asyncio(scenario):
         if got["steps"] != ref["steps"]:
             i, a, b = first_different_step(got["steps"], ref["steps"])
             raise AssertionError("%s differs from asyncio at step %d:\n  shardloop: %r\n  asyncio:   %r\n"
-                                 "  scenario: %r" % (name, i, _short(a), _short(b), scenario))
+                                 "  scenario: %r" % (name, i, a, b, scenario))
         check_bytes(name, got, ref)

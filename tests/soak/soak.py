@@ -38,9 +38,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 ECHO_TIMEOUT = 30.0
 
 
