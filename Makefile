@@ -146,7 +146,7 @@ test-tsan: deps
 
 # The bindings and the sharded runtime under ThreadSanitizer on a
 # free-threaded CPython 3.13 that is itself built with TSan
-# (tools/build-python-tsan.sh into TSAN_FT_PREFIX, once: ~15 min on this
+# (tools/build-python-tsan.sh into TSAN_FT_PREFIX, once: ~30 min on this
 # loaded 2-core machine). The extension is built with -fsanitize=thread
 # against it (build-tsan-ft/pkg) and runs the shard, cross-shard, thread and
 # free-threading tests with the GIL off. Reports go to build-tsan-ft/reports;
