@@ -162,7 +162,8 @@ void handle_dealloc(HandleObject* self) {
 
 PyObject* handle_repr(HandleObject* self) {
   if (self->repr) return Py_NewRef(self->repr);
-  return PyObject_CallMethod(reinterpret_cast<PyObject*>(self->loop), "_handle_repr", "O", self);
+  PyObject* arg = reinterpret_cast<PyObject*>(self);
+  return upcall(self->loop, Upcall::handle_repr, &arg, 1);
 }
 
 // Takes a cancelled timer off the heap and drops the heap's reference.
@@ -398,7 +399,7 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
   self->weakreflist = nullptr;
   self->cancelled = false;
   if (loop->debug) {
-    self->source_traceback = PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_extract_stack", nullptr);
+    self->source_traceback = upcall(loop, Upcall::extract_stack);
     if (self->source_traceback == nullptr) {
       Py_DECREF(self);
       return nullptr;

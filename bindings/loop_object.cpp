@@ -320,8 +320,8 @@ PyObject* loop_create_task(LoopObject* self, PyObject* const* args, size_t nargs
     }
   }
   if (self->task_factory || self->debug || task_type == nullptr) {
-    return PyObject_CallMethod(reinterpret_cast<PyObject*>(self), "_create_task_slow", "OOO", args[0], name,
-                               context);
+    PyObject* slow_args[] = {args[0], name, context};
+    return upcall(self, Upcall::create_task_slow, slow_args, 3);
   }
   if (!check_open(self)) return nullptr;
   PyObject* call_args[4] = {args[0], reinterpret_cast<PyObject*>(self), name, context};
@@ -566,6 +566,10 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   auto* self = reinterpret_cast<LoopObject*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
   self->slow_callback_duration = 0.1;
+  if (upcalls_resolve(self, type) < 0) {
+    Py_DECREF(self);
+    return nullptr;
+  }
   try {
     self->fd_watches = fd_watches_new();
     self->engine = new Loop();
@@ -592,6 +596,7 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->pending_exception);
   Py_VISIT(self->task_factory);
+  for (PyObject* fn : self->upcalls) Py_VISIT(fn);
   if (int fd_rc = fd_watches_traverse(self->fd_watches, visit, arg)) return fd_rc;
   int rc = 0;
   if (self->engine && !self->engine->is_closed()) {
@@ -635,6 +640,9 @@ void loop_dealloc(LoopObject* self) {
   fd_watches_free(self->fd_watches);
   self->fd_watches = nullptr;
   loop_clear(self);
+  // Not in loop_clear: a cleared loop that something still reaches may
+  // call them again.
+  for (PyObject*& fn : self->upcalls) Py_CLEAR(fn);
   type->tp_free(self);
   Py_DECREF(type);
 }
@@ -687,15 +695,22 @@ void finish_hook_call(LoopObject* loop, PyObject* result, HandleObject* handle) 
 
 void loop_report_callback_error(LoopObject* loop, HandleObject* handle) {
   PyObject* exc = fetch_exception();
-  PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_callback_error", "OO", handle, exc);
+  PyObject* error_args[] = {reinterpret_cast<PyObject*>(handle), exc};
+  PyObject* r = upcall(loop, Upcall::callback_error, error_args, 2);
   Py_DECREF(exc);
   finish_hook_call(loop, r, handle);
 }
 
 void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds) {
-  finish_hook_call(
-      loop, PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_log_slow_callback", "Od", handle, seconds),
-      handle);
+  PyObject* secs = PyFloat_FromDouble(seconds);
+  if (secs == nullptr) {
+    finish_hook_call(loop, nullptr, handle);
+    return;
+  }
+  PyObject* slow_args[] = {reinterpret_cast<PyObject*>(handle), secs};
+  PyObject* r = upcall(loop, Upcall::log_slow_callback, slow_args, 2);
+  Py_DECREF(secs);
+  finish_hook_call(loop, r, handle);
 }
 
 PyObject* set_asyncio_types(PyObject*, PyObject* args) {

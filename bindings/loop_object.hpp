@@ -2,6 +2,7 @@
 #pragma once
 
 #include "common.hpp"
+#include "loop_upcalls.hpp"
 #include "shardloop/loop.hpp"
 
 namespace shardloop::py {
@@ -18,6 +19,7 @@ struct LoopObject {
   PyThreadState* waiting_tstate;
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;
+  PyObject* upcalls[kUpcallCount];  // see loop_upcalls.hpp
   bool debug;
   // Set (under the loop's critical section) when close() has decided to
   // close: from then on the loop counts as closed, so a run that another

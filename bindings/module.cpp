@@ -52,6 +52,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     throw py::error_already_set();
   }
   m.attr("engine_version") = shardloop::kVersion;
+  PyObject* upcalls = shardloop::py::upcall_names();
+  if (upcalls == nullptr) throw py::error_already_set();
+  m.attr("LOOP_UPCALLS") = py::reinterpret_steal<py::object>(upcalls);
   m.def("libuv_version", [] { return std::string(uv_version_string()); },
         "Version of the libuv the engine runs on.");
   shardloop::py_bindings::init_process(m);

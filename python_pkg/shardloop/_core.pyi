@@ -41,6 +41,16 @@ class TimerHandle(Handle):
     def __gt__(self, other: TimerHandle) -> bool: ...
     def __ge__(self, other: TimerHandle) -> bool: ...
 
+# The methods the native Loop calls on its class, looked up once when a loop
+# is created (a class that lacks one raises TypeError there) and called with
+# the loop first; shardloop.Loop defines them, a subclass may override them:
+#   _create_task_slow(coro, name, context) -> asyncio.Task   (task factory, debug)
+#   _callback_error(handle, exc) -> None                     (a callback raised)
+#   _log_slow_callback(handle, seconds) -> None              (debug: slow callback)
+#   _handle_repr(handle) -> str
+#   _extract_stack() -> traceback.StackSummary               (debug: source traceback)
+LOOP_UPCALLS: tuple[str, ...]
+
 class Loop:
     slow_callback_duration: float
     _thread_id: int | None
