@@ -45,7 +45,7 @@ struct CurrentGuard {
 
 }  // namespace
 
-Loop::Loop() : inbox_(std::make_unique<Inbox>()) {
+Loop::Loop() : inbox_(std::make_unique<Inbox>()), inbox_pending_(&inbox_->pending_flag()) {
   check_uv(uv_loop_init(&uv_), "uv_loop_init");
   uv_.data = this;
   prepare_.data = check_.data = async_.data = deadline_.data = idle_.data = signal_poll_.data = this;
@@ -131,21 +131,20 @@ bool Loop::call_soon_threadsafe(Work work) {
     call_soon(work);
     return true;
   }
-  inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
-  // Released on every way out, the bad_alloc of a failed push included:
-  // close() waits for this count.
-  struct Announced {
-    std::atomic<int>& writers;
-    ~Announced() { writers.fetch_sub(1, std::memory_order_release); }
-  } announced{inbox_writers_};
-  if (closed_.load(std::memory_order_seq_cst)) return false;
-  inbox_->push(work);  // throws std::bad_alloc rather than lose the work
-  inbox_pending_.store(true, std::memory_order_release);
-  // Pairs with the fence in on_prepare: either the loop sees this work
-  // before it sleeps, or this thread sees it asleep and wakes it.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
-  return true;
+  // Refused once close() began; throws std::bad_alloc rather than lose
+  // the work.
+  return inbox_->push(work, [this] {
+    // Pairs with the fence in on_prepare: either the loop sees this work
+    // before it sleeps, or this thread sees it asleep and wakes it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
+  });
+}
+
+void Loop::wake() noexcept {
+  // Behind the inbox's gate, which close() shuts before the async handle
+  // goes: libuv aborts on an async handle sent to after its loop closed.
+  inbox_->if_open([this] { uv_async_send(&async_); });
 }
 
 bool Loop::call_soon_threadsafe(std::function<void()> fn) {
@@ -239,7 +238,7 @@ void Loop::run_once() {
   // keeps on_prepare from blocking (it looks at the queue itself), so it
   // is drained on the next iteration; an empty moodycamel drain costs
   // ~40 instructions an iteration.
-  if (inbox_pending_.load(std::memory_order_acquire)) drain_inbox();
+  if (inbox_->pending()) drain_inbox();
   if (feeder_.drain) {
     feeder_.drain(feeder_.ctx);
     if (aborting_) return;
@@ -320,8 +319,6 @@ bool Loop::must_poll() noexcept {
 }
 
 void Loop::drain_inbox() {
-  // Cleared before draining: a push racing with the drain sets it again.
-  inbox_pending_.store(false, std::memory_order_relaxed);
   inbox_->drain([this](const Work& work) { ready_.push_back(work); });
 }
 
@@ -498,7 +495,7 @@ void Loop::close() {
   if (is_closed()) return;
   if (running_) throw std::logic_error("Cannot close a running event loop");
   closed_.store(true, std::memory_order_seq_cst);
-  while (inbox_writers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  inbox_->close();
   // Discarded work may try to schedule more; the loop is marked closed
   // first, so that is refused instead of queued behind the drain.
   discard_pending();
