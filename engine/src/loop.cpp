@@ -496,6 +496,10 @@ void Loop::close() {
   if (running_) throw std::logic_error("Cannot close a running event loop");
   closed_.store(true, std::memory_order_seq_cst);
   inbox_->close();
+  // Only the ring's own thread may submit to it or wait on it, and Python
+  // may close a loop from another thread than the one that ran it: there
+  // the ring is torn down before any stream closes (see Ring::abandon).
+  if (ring_ && ring_thread_ != std::this_thread::get_id()) ring_->abandon();
   // Discarded work may try to schedule more; the loop is marked closed
   // first, so that is refused instead of queued behind the drain.
   discard_pending();

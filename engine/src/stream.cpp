@@ -42,6 +42,7 @@ Stream* Stream::open(Loop& loop, int fd, const Callbacks& callbacks, Kind kind) 
   Ring* ring = loop.ring();
   if (ring != nullptr && kind == Kind::kSocket && Loop::current() == &loop) {
     self->ring_ = ring;
+    ring->link(self);
     return self;
   }
   int rc = self->epoll_open();

@@ -65,7 +65,12 @@ class Stream final : public OwnedHandle {
   void on_completion(unsigned op, int res, unsigned flags, const char* data = nullptr) noexcept;
   // Ring: turns what this iteration wrote into one send SQE.
   void submit_send() noexcept;
+  // Ring::abandon(): the ring is gone with whatever was in flight; the fd
+  // is closed now.
+  void abandon_ring() noexcept;
   bool send_dirty = false;
+  Stream* ring_prev = nullptr;  // Ring's list of its open streams
+  Stream* ring_next = nullptr;
 
  private:
   Stream(Loop& loop, int fd, const Callbacks& callbacks, Kind kind);
