@@ -61,8 +61,11 @@ struct PySockOp final : SockOp {
   void on_ready() noexcept override;
 };
 
-// What attempt() returns when the kernel says "later" (no reference).
+// What attempt() returns when the kernel says "later" (no reference), and
+// when a socket method raised BlockingIOError/InterruptedError (maybe not
+// the kernel's word: a mock's, say), so an edge may never follow.
 PyObject* const kLater = reinterpret_cast<PyObject*>(&socket_type);
+PyObject* const kLaterSaid = reinterpret_cast<PyObject*>(&ssl_socket_type);
 
 // No longer waiting, out of the loop's list, and freed (once its own
 // on_ready, if running, has finished).
@@ -134,9 +137,12 @@ PyObject* recv_native(LoopObject* loop, int fd, Py_ssize_t n) {
   }
 }
 
-PyObject* recv_into_native(int fd, PyObject* target) {
+PyObject* recv_into_native(PyObject* sock, int fd, PyObject* target) {
   Py_buffer view;
-  if (PyObject_GetBuffer(target, &view, PyBUF_WRITABLE) != 0) return nullptr;
+  if (PyObject_GetBuffer(target, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0) {
+    PyErr_Clear();  // socket.recv_into raises its own error for this buffer
+    return call_method(sock, "recv_into", target);
+  }
   ssize_t r;
   for (;;) {
     r = ::recv(fd, view.buf, static_cast<std::size_t>(view.len), 0);
@@ -166,8 +172,7 @@ PyObject* send_some(PyObject* sock, int fd, Py_buffer& view, Py_ssize_t& sent) {
         if (would_block(errno)) return kLater;
         return PyErr_SetFromErrno(PyExc_OSError);
       }
-      sent += n;
-      if (n < left) return kLater;  // the buffer is full: wait rather than hear EAGAIN
+      sent += n;  // a short send tries again: the kernel's EAGAIN is what makes a wait safe
     } else {
       PyObject* rest = PyMemoryView_FromMemory(const_cast<char*>(p), left, PyBUF_READ);
       if (rest == nullptr) return nullptr;
@@ -176,7 +181,7 @@ PyObject* send_some(PyObject* sock, int fd, Py_buffer& view, Py_ssize_t& sent) {
       if (r == nullptr) {
         if (is_later_error()) {
           PyErr_Clear();
-          return kLater;
+          return kLaterSaid;
         }
         return nullptr;
       }
@@ -184,7 +189,7 @@ PyObject* send_some(PyObject* sock, int fd, Py_buffer& view, Py_ssize_t& sent) {
       Py_DECREF(r);
       if (n == -1 && PyErr_Occurred()) return nullptr;
       sent += n;
-      return sent < view.len ? kLater : Py_NewRef(Py_None);
+      return sent < view.len ? kLaterSaid : Py_NewRef(Py_None);
     }
   }
   return Py_NewRef(Py_None);
@@ -241,8 +246,8 @@ PyObject* attempt(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject*
       r = call_method(sock, "recv", a1);
       break;
     case Kind::kRecvInto:
-      if (native_socket(sock, fd)) return recv_into_native(fd, a1);
-      r = call_method(sock, "recv_into", a1);
+      r = native_socket(sock, fd) ? recv_into_native(sock, fd, a1) : call_method(sock, "recv_into", a1);
+      if (r == kLater || r == kLaterSaid) return r;
       break;
     case Kind::kRecvFrom:
       r = call_method(sock, "recvfrom", a1);
@@ -266,7 +271,7 @@ PyObject* attempt(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject*
   }
   if (r == nullptr && is_later_error()) {
     PyErr_Clear();
-    return kLater;
+    return kLaterSaid;
   }
   return r;
 }
@@ -375,7 +380,7 @@ bool fresh_owner(SockOps* ops, int fd, PyObject* sock) {
 }
 
 // The call must wait: a future that the engine completes.
-PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject* a1, PyObject* a2,
+PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject* a1, PyObject* a2, bool level,
                      Py_buffer* view = nullptr, Py_ssize_t sent = 0) {
   if (loop->closing || loop->engine->is_closed()) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -410,7 +415,7 @@ PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObje
                                                                                                : SockOp::kRead;
   SockOp* previous;
   try {
-    previous = ops->waits->wait(op, fd, static_cast<SockOp::Side>(side), fresh_owner(ops, fd, sock));
+    previous = ops->waits->wait(op, fd, static_cast<SockOp::Side>(side), fresh_owner(ops, fd, sock), level);
   } catch (const std::system_error& e) {
     delete op;
     Py_DECREF(fut);
@@ -467,7 +472,8 @@ void PySockOp::on_ready() noexcept {
   int now = fileno_of(sock);
   if (now == -2) PyErr_Clear();
   PyObject* r = attempt(loop, kind, sock, now == fd() ? now : -1, arg1, arg2, &view, &sent, true);
-  if (r == kLater && !dropped) {
+  if ((r == kLater || r == kLaterSaid) && !dropped) {
+    if (r == kLaterSaid) loop->sock_ops->waits->rearm(fd());
     running = false;
     return;  // spurious wake-up: keep waiting, as asyncio's handler does
   }
@@ -486,7 +492,7 @@ void PySockOp::on_ready() noexcept {
     PyObject* exc = fetch_exception();
     resolve(l, keep_fut, str_set_exception, exc);
     Py_DECREF(exc);
-  } else if (r != kLater) {
+  } else if (r != kLater && r != kLaterSaid) {
     resolve(l, keep_fut, str_set_result, r);
     Py_DECREF(r);
   }
@@ -498,8 +504,8 @@ PyObject* run_call(LoopObject* self, Kind kind, PyObject* sock, PyObject* a1, Py
   int fd;
   if (!intern_names() || !check_socket(sock, &fd)) return nullptr;
   PyObject* r = attempt(self, kind, sock, fd, a1, a2, nullptr, nullptr, false);
-  if (r != kLater) return r;
-  return start_wait(self, kind, sock, fd, a1, a2);
+  if (r != kLater && r != kLaterSaid) return r;
+  return start_wait(self, kind, sock, fd, a1, a2, r == kLaterSaid);
 }
 
 }  // namespace
@@ -626,11 +632,11 @@ PyObject* loop_sock_sendall(LoopObject* self, PyObject* const* args, Py_ssize_t 
   if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) != 0) return nullptr;
   Py_ssize_t sent = 0;
   PyObject* r = send_some(sock, fd, view, sent);
-  if (r != kLater) {
+  if (r != kLater && r != kLaterSaid) {
     PyBuffer_Release(&view);
     return r;
   }
-  r = start_wait(self, Kind::kSendAll, sock, fd, args[1], nullptr, &view, sent);
+  r = start_wait(self, Kind::kSendAll, sock, fd, args[1], nullptr, r == kLaterSaid, &view, sent);
   if (view.obj != nullptr) PyBuffer_Release(&view);  // not taken: the wait failed
   return r;
 }

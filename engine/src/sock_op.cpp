@@ -70,7 +70,23 @@ int SockWaits::add(int fd) noexcept {
   return errno == EEXIST ? 0 : errno;
 }
 
-SockOp* SockWaits::wait(SockOp* op, int fd, SockOp::Side side, bool fresh) {
+// Re-evaluates a registered socket: the kernel queues an event if it is
+// ready now, edge or not.
+int SockWaits::modify(int fd) noexcept {
+  epoll_event ev{};
+  ev.events = kEvents;
+  ev.data.u64 = static_cast<std::uint64_t>(fd);
+  if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) == 0) return 0;
+  return errno == ENOENT ? add(fd) : errno;  // the socket left the set meanwhile
+}
+
+void SockWaits::rearm(int fd) noexcept {
+  if (closed() || fd < 0 || static_cast<std::size_t>(fd) >= entries_.size()) return;
+  Entry& e = entries_[static_cast<std::size_t>(fd)];
+  e.registered = modify(fd) == 0;
+}
+
+SockOp* SockWaits::wait(SockOp* op, int fd, SockOp::Side side, bool fresh, bool level) {
   if (closed()) throw std::logic_error("Event loop is closed");
   if (fd < 0) throw std::system_error(EBADF, std::generic_category(), "epoll_ctl");
   if (static_cast<std::size_t>(fd) >= entries_.size()) entries_.resize(static_cast<std::size_t>(fd) + 1);
@@ -78,6 +94,8 @@ SockOp* SockWaits::wait(SockOp* op, int fd, SockOp::Side side, bool fresh) {
   if (fresh || !e.registered) {
     if (int err = add(fd)) throw std::system_error(err, std::generic_category(), "epoll_ctl");
     e.registered = true;
+  } else if (level) {
+    if (int err = modify(fd)) throw std::system_error(err, std::generic_category(), "epoll_ctl");
   }
   if (op->waiting()) cancel(op);
   SockOp* previous = e.ops[side];

@@ -56,9 +56,15 @@ class SockWaits final : public OwnedHandle {
   // no longer waiting (nullptr if none). `fresh`: `fd` may now be another
   // file than the one an earlier wait registered under that number (the
   // owner closed its socket and got the number again), so register again.
-  // Throws std::system_error (epoll_ctl: EBADF, EPERM for a regular file,
-  // ENOMEM); nothing changes then.
-  SockOp* wait(SockOp* op, int fd, SockOp::Side side, bool fresh);
+  // `level`: the caller's "later" did not come from the kernel (a socket
+  // object's Python method raised BlockingIOError), so no edge may follow:
+  // readiness that is already there is reported too, as a level-triggered
+  // selector would. Throws std::system_error (epoll_ctl: EBADF, EPERM for
+  // a regular file, ENOMEM); nothing changes then.
+  SockOp* wait(SockOp* op, int fd, SockOp::Side side, bool fresh, bool level = false);
+  // After a wake-up whose try said "later" without the kernel saying so:
+  // report `fd` again while it stays ready (one epoll_ctl).
+  void rearm(int fd) noexcept;
   // `op` no longer waits (a no-op if it does not).
   void cancel(SockOp* op) noexcept;
   SockOp* waiter(int fd, SockOp::Side side) const noexcept;
@@ -86,6 +92,7 @@ class SockWaits final : public OwnedHandle {
   static void on_poll(uv_poll_t* handle, int status, int events);
   void dispatch(int fd, std::uint32_t events) noexcept;
   int add(int fd) noexcept;
+  int modify(int fd) noexcept;
 
   uv_poll_t poll_{};
   std::vector<Entry> entries_;  // by fd
