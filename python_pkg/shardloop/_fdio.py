@@ -164,8 +164,9 @@ class FdIOMixin:
     # -- sock_*: native (bindings/sock_ops.cpp). Each _sock_* call tries the
     # system call at once and returns its result; only when the kernel says
     # "later" does it return a future, which the engine completes when the
-    # socket is ready. A cancelled wait is forgotten at once (else at the
-    # socket's next event). Spelled out per method: no extra coroutine frame.
+    # socket is ready; _sock_wait awaits it and forgets a cancelled wait at
+    # once (else at the socket's next event). A call that completes at once
+    # costs no second coroutine.
 
     _sock_recv: Callable[..., Any]
     _sock_recv_into: Callable[..., Any]
@@ -177,81 +178,42 @@ class FdIOMixin:
     _sock_connect: Callable[..., Any]
     _sock_forget: Callable[[Any, Any], None]
 
+    async def _sock_wait(self, sock: socket.socket, fut: asyncio.Future) -> Any:
+        try:
+            return await fut
+        except BaseException:
+            self._sock_forget(sock, fut)
+            fut = None  # type: ignore[assignment]  # no cycle through the traceback
+            raise
+
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         r = self._sock_recv(sock, n)
-        if r.__class__ is _Future:
-            try:
-                r = await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None  # no cycle through the traceback
-                raise
-        return r
+        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         r = self._sock_recv_into(sock, buf)
-        if r.__class__ is _Future:
-            try:
-                r = await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
-        return r
+        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple:
         r = self._sock_recvfrom(sock, bufsize)
-        if r.__class__ is _Future:
-            try:
-                r = await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
-        return r
+        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple:
         r = self._sock_recvfrom_into(sock, buf, nbytes)
-        if r.__class__ is _Future:
-            try:
-                r = await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
-        return r
+        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         r = self._sock_sendto(sock, data, address)
-        if r.__class__ is _Future:
-            try:
-                r = await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
-        return r
+        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
 
     async def sock_accept(self, sock: socket.socket) -> tuple:
         r = self._sock_accept(sock)
-        if r.__class__ is _Future:
-            try:
-                r = await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
-        return r
+        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         r = self._sock_sendall(sock, data)
         if r.__class__ is _Future:
-            try:
-                await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
+            await self._sock_wait(sock, r)
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         _check_socket(sock)
@@ -259,12 +221,7 @@ class FdIOMixin:
             address = await self._resolve_for(sock, address)
         r = self._sock_connect(sock, address)
         if r.__class__ is _Future:
-            try:
-                await r
-            except BaseException:
-                self._sock_forget(sock, r)
-                r = None
-                raise
+            await self._sock_wait(sock, r)
 
     # -- sock_sendfile waits for writability the asyncio way (add_writer).
 
