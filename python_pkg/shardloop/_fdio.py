@@ -166,7 +166,9 @@ class FdIOMixin:
     # "later" does it return a future, which the engine completes when the
     # socket is ready; _sock_wait awaits it and forgets a cancelled wait at
     # once (else at the socket's next event). A call that completes at once
-    # costs no second coroutine.
+    # costs no second coroutine. The callers hold _sock_wait's coroutine, not
+    # the future, while they wait: a failed call's error then reaches the
+    # caller without a reference cycle through its traceback's frames.
 
     _sock_recv: Callable[..., Any]
     _sock_recv_into: Callable[..., Any]
@@ -188,32 +190,51 @@ class FdIOMixin:
 
     async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
         r = self._sock_recv(sock, n)
-        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
 
     async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
         r = self._sock_recv_into(sock, buf)
-        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
 
     async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple:
         r = self._sock_recvfrom(sock, bufsize)
-        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
 
     async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple:
         r = self._sock_recvfrom_into(sock, buf, nbytes)
-        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
 
     async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
         r = self._sock_sendto(sock, data, address)
-        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
 
     async def sock_accept(self, sock: socket.socket) -> tuple:
         r = self._sock_accept(sock)
-        return await self._sock_wait(sock, r) if r.__class__ is _Future else r
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
 
     async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
         r = self._sock_sendall(sock, data)
         if r.__class__ is _Future:
-            await self._sock_wait(sock, r)
+            r = self._sock_wait(sock, r)
+            await r
 
     async def sock_connect(self, sock: socket.socket, address: Any) -> None:
         _check_socket(sock)
@@ -221,7 +242,8 @@ class FdIOMixin:
             address = await self._resolve_for(sock, address)
         r = self._sock_connect(sock, address)
         if r.__class__ is _Future:
-            await self._sock_wait(sock, r)
+            r = self._sock_wait(sock, r)
+            await r
 
     # -- sock_sendfile waits for writability the asyncio way (add_writer).
 
