@@ -271,7 +271,11 @@ PyObject* attempt(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject*
   }
   if (r == nullptr && is_later_error()) {
     PyErr_Clear();
-    return kLaterSaid;
+    // A plain socket.socket's methods are the stdlib's C calls (it has no
+    // instance dict to override them in): their BlockingIOError is the
+    // kernel's EAGAIN, so an edge follows. Anything else may say "later"
+    // on its own.
+    return native_socket(sock, fd) ? kLater : kLaterSaid;
   }
   return r;
 }
