@@ -61,11 +61,9 @@ struct PySockOp final : SockOp {
   void on_ready() noexcept override;
 };
 
-// What attempt() returns when the kernel says "later" (no reference), and
-// when a socket method raised BlockingIOError/InterruptedError (maybe not
-// the kernel's word: a mock's, say), so an edge may never follow.
+// What attempt() returns when the call would block (no reference): the
+// kernel's EAGAIN, or BlockingIOError/InterruptedError from a socket method.
 PyObject* const kLater = reinterpret_cast<PyObject*>(&socket_type);
-PyObject* const kLaterSaid = reinterpret_cast<PyObject*>(&ssl_socket_type);
 
 // No longer waiting, out of the loop's list, and freed (once its own
 // on_ready, if running, has finished).
@@ -172,7 +170,7 @@ PyObject* send_some(PyObject* sock, int fd, Py_buffer& view, Py_ssize_t& sent) {
         if (would_block(errno)) return kLater;
         return PyErr_SetFromErrno(PyExc_OSError);
       }
-      sent += n;  // a short send tries again: the kernel's EAGAIN is what makes a wait safe
+      sent += n;  // a short send tries again, as far as the kernel takes it
     } else {
       PyObject* rest = PyMemoryView_FromMemory(const_cast<char*>(p), left, PyBUF_READ);
       if (rest == nullptr) return nullptr;
@@ -181,7 +179,7 @@ PyObject* send_some(PyObject* sock, int fd, Py_buffer& view, Py_ssize_t& sent) {
       if (r == nullptr) {
         if (is_later_error()) {
           PyErr_Clear();
-          return kLaterSaid;
+          return kLater;
         }
         return nullptr;
       }
@@ -189,7 +187,7 @@ PyObject* send_some(PyObject* sock, int fd, Py_buffer& view, Py_ssize_t& sent) {
       Py_DECREF(r);
       if (n == -1 && PyErr_Occurred()) return nullptr;
       sent += n;
-      return sent < view.len ? kLaterSaid : Py_NewRef(Py_None);
+      return sent < view.len ? kLater : Py_NewRef(Py_None);
     }
   }
   return Py_NewRef(Py_None);
@@ -247,7 +245,7 @@ PyObject* attempt(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject*
       break;
     case Kind::kRecvInto:
       r = native_socket(sock, fd) ? recv_into_native(sock, fd, a1) : call_method(sock, "recv_into", a1);
-      if (r == kLater || r == kLaterSaid) return r;
+      if (r == kLater) return r;
       break;
     case Kind::kRecvFrom:
       r = call_method(sock, "recvfrom", a1);
@@ -271,11 +269,7 @@ PyObject* attempt(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject*
   }
   if (r == nullptr && is_later_error()) {
     PyErr_Clear();
-    // A plain socket.socket's methods are the stdlib's C calls (it has no
-    // instance dict to override them in): their BlockingIOError is the
-    // kernel's EAGAIN, so an edge follows. Anything else may say "later"
-    // on its own.
-    return native_socket(sock, fd) ? kLater : kLaterSaid;
+    return kLater;
   }
   return r;
 }
@@ -384,7 +378,7 @@ bool fresh_owner(SockOps* ops, int fd, PyObject* sock) {
 }
 
 // The call must wait: a future that the engine completes.
-PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject* a1, PyObject* a2, bool level,
+PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject* a1, PyObject* a2,
                      Py_buffer* view = nullptr, Py_ssize_t sent = 0) {
   if (loop->closing || loop->engine->is_closed()) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -419,7 +413,7 @@ PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObje
                                                                                                : SockOp::kRead;
   SockOp* previous;
   try {
-    previous = ops->waits->wait(op, fd, static_cast<SockOp::Side>(side), fresh_owner(ops, fd, sock), level);
+    previous = ops->waits->wait(op, fd, static_cast<SockOp::Side>(side), fresh_owner(ops, fd, sock));
   } catch (const std::system_error& e) {
     delete op;
     Py_DECREF(fut);
@@ -476,8 +470,7 @@ void PySockOp::on_ready() noexcept {
   int now = fileno_of(sock);
   if (now == -2) PyErr_Clear();
   PyObject* r = attempt(loop, kind, sock, now == fd() ? now : -1, arg1, arg2, &view, &sent, true);
-  if ((r == kLater || r == kLaterSaid) && !dropped) {
-    if (r == kLaterSaid) loop->sock_ops->waits->rearm(fd());
+  if ((r == kLater) && !dropped) {
     running = false;
     return;  // spurious wake-up: keep waiting, as asyncio's handler does
   }
@@ -496,7 +489,7 @@ void PySockOp::on_ready() noexcept {
     PyObject* exc = fetch_exception();
     resolve(l, keep_fut, str_set_exception, exc);
     Py_DECREF(exc);
-  } else if (r != kLater && r != kLaterSaid) {
+  } else if (r != kLater) {
     resolve(l, keep_fut, str_set_result, r);
     Py_DECREF(r);
   }
@@ -508,8 +501,8 @@ PyObject* run_call(LoopObject* self, Kind kind, PyObject* sock, PyObject* a1, Py
   int fd;
   if (!intern_names() || !check_socket(sock, &fd)) return nullptr;
   PyObject* r = attempt(self, kind, sock, fd, a1, a2, nullptr, nullptr, false);
-  if (r != kLater && r != kLaterSaid) return r;
-  return start_wait(self, kind, sock, fd, a1, a2, r == kLaterSaid);
+  if (r != kLater) return r;
+  return start_wait(self, kind, sock, fd, a1, a2);
 }
 
 }  // namespace
@@ -636,11 +629,11 @@ PyObject* loop_sock_sendall(LoopObject* self, PyObject* const* args, Py_ssize_t 
   if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) != 0) return nullptr;
   Py_ssize_t sent = 0;
   PyObject* r = send_some(sock, fd, view, sent);
-  if (r != kLater && r != kLaterSaid) {
+  if (r != kLater) {
     PyBuffer_Release(&view);
     return r;
   }
-  r = start_wait(self, Kind::kSendAll, sock, fd, args[1], nullptr, r == kLaterSaid, &view, sent);
+  r = start_wait(self, Kind::kSendAll, sock, fd, args[1], nullptr, &view, sent);
   if (view.obj != nullptr) PyBuffer_Release(&view);  // not taken: the wait failed
   return r;
 }

@@ -15,12 +15,13 @@ namespace shardloop {
 
 namespace {
 
-// Everything a waiter can be told about; the set reports all of it, so a
-// socket's registration serves readers and writers alike.
-constexpr std::uint32_t kEvents = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+constexpr std::uint32_t kReadInterest = EPOLLIN | EPOLLRDHUP;
+constexpr std::uint32_t kWriteInterest = EPOLLOUT;
+// What wakes each side: errors and hang-ups wake both, as a selector
+// reports them to readers and writers alike.
 constexpr std::uint32_t kReadEvents = EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR;
 constexpr std::uint32_t kWriteEvents = EPOLLOUT | EPOLLHUP | EPOLLERR;
-// Events taken off the set per wake-up; the rest stay queued in the kernel
+// Events taken off the set per wake-up; the rest stay ready in the kernel
 // and make the set's fd readable again for the next poll.
 constexpr int kBatch = 256;
 
@@ -58,45 +59,49 @@ SockWaits* SockWaits::open(Loop& loop) {
   return self;
 }
 
-int SockWaits::add(int fd) noexcept {
-  epoll_event ev{};
-  ev.events = kEvents;
-  ev.data.u64 = static_cast<std::uint64_t>(fd);
-  if (::epoll_ctl(epfd_, EPOLL_CTL_ADD, fd, &ev) == 0) {
-    ++registrations_;
+std::uint32_t SockWaits::wanted(const Entry& e) noexcept {
+  return (e.ops[SockOp::kRead] ? kReadInterest : 0) | (e.ops[SockOp::kWrite] ? kWriteInterest : 0);
+}
+
+// Makes the set's interest in `fd` `events` (0: out of the set). `fresh`:
+// the fd may be another file than the one registered under its number.
+// 0 or the errno of a failed epoll_ctl.
+int SockWaits::set_interest(int fd, Entry& e, std::uint32_t events, bool fresh) noexcept {
+  if (!fresh && e.interest == events) return 0;
+  if (events == 0) {
+    if (e.interest != 0) {
+      ++ctl_calls_;
+      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);  // ENOENT/EBADF: gone already
+    }
+    e.interest = 0;
     return 0;
   }
-  // Already in the set under this number and file: the registration stands.
-  return errno == EEXIST ? 0 : errno;
-}
-
-// Re-evaluates a registered socket: the kernel queues an event if it is
-// ready now, edge or not.
-int SockWaits::modify(int fd) noexcept {
   epoll_event ev{};
-  ev.events = kEvents;
+  ev.events = events;
   ev.data.u64 = static_cast<std::uint64_t>(fd);
-  if (::epoll_ctl(epfd_, EPOLL_CTL_MOD, fd, &ev) == 0) return 0;
-  return errno == ENOENT ? add(fd) : errno;  // the socket left the set meanwhile
+  int op = e.interest == 0 || fresh ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+  ++ctl_calls_;
+  int rc = ::epoll_ctl(epfd_, op, fd, &ev);
+  if (rc != 0 && (errno == EEXIST || errno == ENOENT)) {
+    // In the set after all (a stale number's entry), or no longer (the
+    // owner closed the socket and this is a new one under its number).
+    op = errno == EEXIST ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    ++ctl_calls_;
+    rc = ::epoll_ctl(epfd_, op, fd, &ev);
+  }
+  if (rc != 0) return errno;
+  e.interest = events;
+  return 0;
 }
 
-void SockWaits::rearm(int fd) noexcept {
-  if (closed() || fd < 0 || static_cast<std::size_t>(fd) >= entries_.size()) return;
-  Entry& e = entries_[static_cast<std::size_t>(fd)];
-  e.registered = modify(fd) == 0;
-}
-
-SockOp* SockWaits::wait(SockOp* op, int fd, SockOp::Side side, bool fresh, bool level) {
+SockOp* SockWaits::wait(SockOp* op, int fd, SockOp::Side side, bool fresh) {
   if (closed()) throw std::logic_error("Event loop is closed");
   if (fd < 0) throw std::system_error(EBADF, std::generic_category(), "epoll_ctl");
   if (static_cast<std::size_t>(fd) >= entries_.size()) entries_.resize(static_cast<std::size_t>(fd) + 1);
   Entry& e = entries_[static_cast<std::size_t>(fd)];
-  if (fresh || !e.registered) {
-    if (int err = add(fd)) throw std::system_error(err, std::generic_category(), "epoll_ctl");
-    e.registered = true;
-  } else if (level) {
-    if (int err = modify(fd)) throw std::system_error(err, std::generic_category(), "epoll_ctl");
-  }
+  // Interest only grows here; what nobody waits for goes in dispatch().
+  const std::uint32_t want = e.interest | (side == SockOp::kRead ? kReadInterest : kWriteInterest);
+  if (int err = set_interest(fd, e, want, fresh)) throw std::system_error(err, std::generic_category(), "epoll_ctl");
   if (op->waiting()) cancel(op);
   SockOp* previous = e.ops[side];
   if (previous != nullptr) {
@@ -142,20 +147,24 @@ void SockWaits::dispatch(int fd, std::uint32_t events) noexcept {
   // Entries are looked up again after each callback: it may have added
   // waiters (and grown the table) or cancelled the other side.
   Entry* e = &entries_[static_cast<std::size_t>(fd)];
-  if (e->ops[0] == nullptr && e->ops[1] == nullptr) {
-    // Nobody waits on this socket any more (a transport may own it now):
-    // leave the set rather than be woken for each of its packets. The
-    // next wait registers it again.
-    if (e->registered) {
-      ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, nullptr);
-      e->registered = false;
-    }
-    return;
-  }
-  if ((events & kReadEvents) && e->ops[SockOp::kRead] != nullptr) e->ops[SockOp::kRead]->on_ready();
+  const bool reader = e->ops[SockOp::kRead] != nullptr;
+  const bool writer = e->ops[SockOp::kWrite] != nullptr;
+  if ((events & kReadEvents) && reader) e->ops[SockOp::kRead]->on_ready();
   if (closed()) return;
   e = &entries_[static_cast<std::size_t>(fd)];
-  if ((events & kWriteEvents) && e->ops[SockOp::kWrite] != nullptr) e->ops[SockOp::kWrite]->on_ready();
+  if ((events & kWriteEvents) && writer && e->ops[SockOp::kWrite] != nullptr) e->ops[SockOp::kWrite]->on_ready();
+  if (closed()) return;
+  // Level-triggered: a side reported while nobody waited on it would be
+  // reported again at every poll, so it leaves the set's interest (a
+  // transport may own the socket by now; the next wait brings it back).
+  // A side whose waiter took the event stays: its next wait is free.
+  std::uint32_t idle = 0;
+  if ((events & kReadInterest) && !reader) idle |= kReadInterest;
+  if ((events & kWriteInterest) && !writer) idle |= kWriteInterest;
+  if ((events & (EPOLLHUP | EPOLLERR)) && !reader && !writer) idle = kReadInterest | kWriteInterest;
+  if (idle == 0) return;
+  e = &entries_[static_cast<std::size_t>(fd)];
+  set_interest(fd, *e, (e->interest & ~idle) | wanted(*e), false);
 }
 
 void SockWaits::on_close() noexcept {
@@ -184,8 +193,8 @@ void SockWaits::after_fork() {
   ::close(fresh);
   for (std::size_t fd = 0; fd < entries_.size(); ++fd) {
     Entry& e = entries_[fd];
-    e.registered = false;
-    if (e.ops[0] != nullptr || e.ops[1] != nullptr) e.registered = add(static_cast<int>(fd)) == 0;
+    e.interest = 0;
+    if (wanted(e) != 0) set_interest(static_cast<int>(fd), e, wanted(e), true);
   }
 }
 

@@ -5,11 +5,14 @@
 //
 // Why not an FdWatcher per operation: a watch costs a dup(), a fcntl() and
 // two epoll_ctl() (about 5 system calls) per wait, which is what made the
-// sock_* echo slow. Here each socket joins one private, edge-triggered
-// epoll set once and stays there while operations come and go, so a wait
-// costs no system call at all; the set's fd is the one thing libuv polls.
-// Edge-triggered is safe because an operation only waits after its own
-// system call said EAGAIN: the next change of the socket is an edge.
+// sock_* echo slow. Here sockets sit in one private epoll set per loop,
+// whose fd is the one thing libuv polls, and stay there while operations
+// come and go: a wait on a socket already in the set for that side costs
+// no system call. Level-triggered, as asyncio's selector: a "later" that
+// did not come from the kernel (a mock's, an injected fault's) is simply
+// tried again at the next poll. The set's interest follows the waiters
+// lazily: a side (or a socket) nobody waits on any more leaves it when it
+// next reports something, so a request/response socket never changes it.
 // No duplicate fd is kept: an owner that closes its socket takes it out of
 // the set (the kernel does), and the connection really closes.
 #pragma once
@@ -56,15 +59,9 @@ class SockWaits final : public OwnedHandle {
   // no longer waiting (nullptr if none). `fresh`: `fd` may now be another
   // file than the one an earlier wait registered under that number (the
   // owner closed its socket and got the number again), so register again.
-  // `level`: the caller's "later" did not come from the kernel (a socket
-  // object's Python method raised BlockingIOError), so no edge may follow:
-  // readiness that is already there is reported too, as a level-triggered
-  // selector would. Throws std::system_error (epoll_ctl: EBADF, EPERM for
-  // a regular file, ENOMEM); nothing changes then.
-  SockOp* wait(SockOp* op, int fd, SockOp::Side side, bool fresh, bool level = false);
-  // After a wake-up whose try said "later" without the kernel saying so:
-  // report `fd` again while it stays ready (one epoll_ctl).
-  void rearm(int fd) noexcept;
+  // Throws std::system_error (epoll_ctl: EBADF, EPERM for a regular file,
+  // ENOMEM); nothing changes then.
+  SockOp* wait(SockOp* op, int fd, SockOp::Side side, bool fresh);
   // `op` no longer waits (a no-op if it does not).
   void cancel(SockOp* op) noexcept;
   SockOp* waiter(int fd, SockOp::Side side) const noexcept;
@@ -75,14 +72,14 @@ class SockWaits final : public OwnedHandle {
   // takes its fd number and the waiting sockets join it.
   void after_fork();
 
-  // Edge-triggered registrations made so far (for tests: a wait on a
-  // socket already in the set costs none).
-  std::uint64_t registrations() const noexcept { return registrations_; }
+  // epoll_ctl calls made so far (for tests: a wait on a socket already in
+  // the set for its side costs none).
+  std::uint64_t ctl_calls() const noexcept { return ctl_calls_; }
 
  private:
   struct Entry {
     SockOp* ops[2] = {nullptr, nullptr};
-    bool registered = false;
+    std::uint32_t interest = 0;  // the events the set has for this fd; 0: not in it
   };
 
   explicit SockWaits(Loop& loop);
@@ -91,13 +88,13 @@ class SockWaits final : public OwnedHandle {
   void on_close() noexcept override;
   static void on_poll(uv_poll_t* handle, int status, int events);
   void dispatch(int fd, std::uint32_t events) noexcept;
-  int add(int fd) noexcept;
-  int modify(int fd) noexcept;
+  static std::uint32_t wanted(const Entry& e) noexcept;
+  int set_interest(int fd, Entry& e, std::uint32_t events, bool fresh) noexcept;
 
   uv_poll_t poll_{};
   std::vector<Entry> entries_;  // by fd
   std::size_t waiting_ = 0;
-  std::uint64_t registrations_ = 0;
+  std::uint64_t ctl_calls_ = 0;
   int epfd_ = -1;
 };
 
