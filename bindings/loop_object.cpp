@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "fd_watch.hpp"
+#include "sock_ops.hpp"
 #include "handle.hpp"
 #include "shardloop/clock.hpp"
 
@@ -292,10 +293,7 @@ PyObject* loop_call_at(LoopObject* self, PyObject* const* args, size_t nargsf, P
   return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
 }
 
-PyObject* loop_create_future(LoopObject* self, PyObject*) {
-  PyObject* args[] = {reinterpret_cast<PyObject*>(self)};
-  return PyObject_Vectorcall(future_type, args, 0, kw_loop);
-}
+PyObject* loop_create_future(LoopObject* self, PyObject*) { return loop_new_future(self); }
 
 // The common case (no task factory, no debug bookkeeping) natively; the
 // rest in Python's _create_task_slow.
@@ -400,6 +398,7 @@ PyObject* loop_run(LoopObject* self, PyObject*) {
     return nullptr;
   }
   bool failed = false;
+  sock_ops_prepare(self);
   try {
     self->engine->run();
   } catch (...) {
@@ -436,6 +435,7 @@ PyObject* loop_close_native(LoopObject* self, PyObject*) {
   if (!running) {
     __atomic_store_n(&self->closing, true, __ATOMIC_RELAXED);
     fd_watches_clear(self);
+    sock_ops_clear(self);
     try {
       self->engine->close();
     } catch (...) {
@@ -477,6 +477,7 @@ PyObject* loop_forward_signals(LoopObject* self, PyObject* arg) {
 PyObject* loop_after_fork(LoopObject* self, PyObject*) {
   try {
     self->engine->after_fork();
+    sock_ops_after_fork(self);
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
@@ -545,6 +546,15 @@ PyMethodDef loop_methods[] = {
     {"_remove_writer", reinterpret_cast<PyCFunction>(loop_remove_writer), METH_O, nullptr},
     {"_note_fileobj", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_note_fileobj)), METH_FASTCALL, nullptr},
     {"_watched_fd", reinterpret_cast<PyCFunction>(loop_watched_fd), METH_O, nullptr},
+    {"_sock_recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recv)), METH_FASTCALL, nullptr},
+    {"_sock_recv_into", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recv_into)), METH_FASTCALL, nullptr},
+    {"_sock_recvfrom", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recvfrom)), METH_FASTCALL, nullptr},
+    {"_sock_recvfrom_into", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recvfrom_into)), METH_FASTCALL, nullptr},
+    {"_sock_sendto", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_sendto)), METH_FASTCALL, nullptr},
+    {"_sock_sendall", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_sendall)), METH_FASTCALL, nullptr},
+    {"_sock_accept", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_accept)), METH_FASTCALL, nullptr},
+    {"_sock_connect", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_connect)), METH_FASTCALL, nullptr},
+    {"_sock_forget", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_forget)), METH_FASTCALL, nullptr},
     {"_signal_wakeup_fd", reinterpret_cast<PyCFunction>(loop_signal_wakeup_fd), METH_NOARGS, nullptr},
     {"_forward_signals", reinterpret_cast<PyCFunction>(loop_forward_signals), METH_O, nullptr},
     {"_after_fork", reinterpret_cast<PyCFunction>(loop_after_fork), METH_NOARGS, nullptr},
@@ -572,6 +582,7 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   }
   try {
     self->fd_watches = fd_watches_new();
+    self->sock_ops = sock_ops_new();
     self->engine = new Loop();
   } catch (const std::bad_alloc&) {
     Py_DECREF(self);
@@ -598,6 +609,7 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->task_factory);
   for (PyObject* fn : self->upcalls) Py_VISIT(fn);
   if (int fd_rc = fd_watches_traverse(self->fd_watches, visit, arg)) return fd_rc;
+  if (int sock_rc = sock_ops_traverse(self->sock_ops, visit, arg)) return sock_rc;
   int rc = 0;
   if (self->engine && !self->engine->is_closed()) {
     self->engine->for_each_pending([&](const Work& work) {
@@ -615,6 +627,7 @@ int loop_clear(LoopObject* self) {
   // Drops the handles reported by loop_traverse.
   if (self->engine && !self->engine->is_running()) {
     fd_watches_clear(self);
+    sock_ops_clear(self);
     __atomic_store_n(&self->closing, true, __ATOMIC_RELAXED);
     try {
       self->engine->close();
@@ -634,11 +647,14 @@ void loop_dealloc(LoopObject* self) {
       PyErr_WarnEx(PyExc_RuntimeWarning, "shardloop: deallocating a running loop", 1);
     }
     fd_watches_clear(self);
+    sock_ops_clear(self);
     delete self->engine;
     self->engine = nullptr;
   }
   fd_watches_free(self->fd_watches);
   self->fd_watches = nullptr;
+  sock_ops_free(self->sock_ops);
+  self->sock_ops = nullptr;
   loop_clear(self);
   // Not in loop_clear: a cleared loop that something still reaches may
   // call them again.
@@ -711,6 +727,11 @@ void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double secon
   PyObject* r = upcall(loop, Upcall::log_slow_callback, slow_args, 2);
   Py_DECREF(secs);
   finish_hook_call(loop, r, handle);
+}
+
+PyObject* loop_new_future(LoopObject* loop) {
+  PyObject* args[] = {reinterpret_cast<PyObject*>(loop)};
+  return PyObject_Vectorcall(future_type, args, 0, kw_loop);
 }
 
 PyObject* set_asyncio_types(PyObject*, PyObject* args) {

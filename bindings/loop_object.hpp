@@ -9,6 +9,7 @@ namespace shardloop::py {
 
 struct HandleObject;
 struct FdWatches;
+struct SockOps;
 
 struct LoopObject {
   PyObject_HEAD
@@ -16,6 +17,7 @@ struct LoopObject {
   PyObject* pending_exception;  // KeyboardInterrupt/SystemExit leaving _run()
   PyObject* task_factory;
   FdWatches* fd_watches;
+  SockOps* sock_ops;  // the sock_* calls waiting for their socket
   PyThreadState* waiting_tstate;
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;
@@ -58,6 +60,8 @@ void loop_report_callback_error(LoopObject* loop, HandleObject* handle);
 bool check_callable(PyObject* callback, const char* method, bool allow_coroutine_function);
 // Debug mode: logs a callback slower than slow_callback_duration.
 void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds);
+// A new asyncio future bound to `loop` (create_future()).
+PyObject* loop_new_future(LoopObject* loop);
 // loop_io_backend.cpp
 PyObject* loop_set_io_backend(LoopObject* self, PyObject* mode);
 PyObject* loop_get_io_backend(LoopObject* self, void*);

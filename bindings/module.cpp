@@ -5,6 +5,7 @@
 
 #include "handle.hpp"
 #include "loop_object.hpp"
+#include "sock_ops.hpp"
 #include "shardloop/version.hpp"
 
 namespace py = pybind11;
@@ -39,6 +40,7 @@ PyMethodDef raw_functions[] = {
     {"_raw_noop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(raw_noop)), METH_FASTCALL,
      "No-op through CPython's vectorcall, for call-cost measurements."},
     {"_set_asyncio_types", shardloop::py::set_asyncio_types, METH_VARARGS, nullptr},
+    {"_set_socket_types", shardloop::py::set_socket_types, METH_VARARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
 
