@@ -54,7 +54,7 @@ demo: install
 	$(VPY) -m shardloop
 
 test: test-engine test-python test-asan test-tsan
-test: test-integration conformance-gate test-wheel docs test-uring
+test: test-integration conformance-gate test-wheel docs test-uring soak-short
 
 test-engine: build
 	cd build && ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
@@ -74,8 +74,35 @@ fault-shim: deps
 	$(VENV)/bin/ninja -C build shardloop_fault
 
 fault-soak: install fault-shim
+	rm -f build/fault-tally.jsonl
 	cd tests && SHARDLOOP_FAULT_SHIM=$(abspath $(FAULT_SHIM)) SHARDLOOP_FAULT_SOAK_SEEDS=$(FAULT_SEEDS) \
+	  SHARDLOOP_FAULT_TALLY=$(abspath build/fault-tally.jsonl) \
 	  ../$(VPY) -m pytest -q -p no:cacheprovider ../tests/python/test_fault_injection.py
+	$(VPY) tests/fault/tally.py build/fault-tally.jsonl
+
+# Differential fuzzing against asyncio's loop (tests/python/test_differential.py,
+# Hypothesis): test-python runs a fixed, derandomized set of 25 examples on
+# both backends; fuzz runs FUZZ_EXAMPLES from a random seed (Hypothesis prints
+# the seed of a failing example). Not in `make test`.
+FUZZ_EXAMPLES ?= 2000
+.PHONY: fuzz
+fuzz: install
+	cd tests && SHARDLOOP_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) ../$(VPY) -m pytest -q -p no:cacheprovider \
+	  ../tests/python/test_differential.py --hypothesis-show-statistics
+
+# Soak (tests/soak/soak.py): a mixed load (TCP and TLS connection churn, UDP,
+# subprocesses, timers, cross-shard calls) on 1 and 2 shards at once, RSS,
+# fds and threads sampled every 10 s; fails on errors, on falling short of
+# the connection targets, or on more than 5 % growth after the warm-up.
+# soak: SOAK_SECONDS (600) for 100,000 TCP and 10,000 TLS connections, not in
+# `make test`; soak-short: 60 s at the same rates, in `make test`.
+SOAK_SECONDS ?= 600
+.PHONY: soak soak-short
+soak: install
+	mkdir -p build && $(VPY) tests/soak/soak.py --duration $(SOAK_SECONDS) --json build/soak.json
+
+soak-short: install
+	$(VPY) tests/soak/soak.py --duration 60 --warmup 20 --tcp 10000 --tls 1000
 
 # The same suites with every shardloop loop on the io_uring backend (the
 # engine's GoogleTests cover both backends in one run, plain, ASan and TSan).
@@ -116,6 +143,49 @@ test-tsan: deps
 	  -DSHARDLOOP_BUILD_PERF=OFF -DCMAKE_CXX_FLAGS=-fsanitize=thread >/dev/null
 	$(VENV)/bin/ninja -C build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ../$(VENV)/bin/ctest --output-on-failure -j $(JOBS)
+
+# The bindings and the sharded runtime under ThreadSanitizer on a
+# free-threaded CPython 3.13 that is itself built with TSan
+# (tools/build-python-tsan.sh into TSAN_FT_PREFIX, once: ~30 min on this
+# loaded 2-core machine). The extension is built with -fsanitize=thread
+# against it (build-tsan-ft/pkg) and runs the shard, cross-shard, thread and
+# free-threading tests with the GIL off. Reports go to build-tsan-ft/reports;
+# any report fails the target. Suppressions: CPython's own file for its
+# free-threaded build plus tests/tsan/suppressions-ft.txt (only CPython and
+# third-party internals, each with its reason). Not in `make test`: see
+# CONTRIBUTING.
+TSAN_FT_PREFIX ?= /opt/py313t-tsan
+TSAN_FT_VENV := .venv-tsan-ft
+TSAN_FT_PY := $(TSAN_FT_VENV)/bin/python
+# test_fork.py's forks of a 2-shard process are left out: TSan cannot start
+# threads in the child of a multi-threaded fork ("not supported. Dying"),
+# and a child that only execs (preexec_fn) is kept. The plain and ASan runs
+# cover them.
+TSAN_FT_TESTS ?= test_shards.py test_shard_shutdown.py test_shard_exit.py test_free_threading.py \
+  test_close_run_race.py test_threads.py test_fork.py
+TSAN_FT_SELECT ?= not (test_fork and shards and not preexec_fn)
+.PHONY: test-tsan-ft
+$(TSAN_FT_VENV)/.deps-stamp: tools/build-python-tsan.sh
+	test -x $(TSAN_FT_PREFIX)/bin/python3.13t || JOBS=$(JOBS) tools/build-python-tsan.sh $(TSAN_FT_PREFIX)
+	test -x $(TSAN_FT_PY) || $(TSAN_FT_PREFIX)/bin/python3.13t -m venv $(TSAN_FT_VENV)
+	TSAN_OPTIONS=report_bugs=0 $(TSAN_FT_PY) -m pip install -q pytest "pybind11>=3"
+	touch $@
+
+test-tsan-ft: deps $(TSAN_FT_VENV)/.deps-stamp
+	$(VENV)/bin/cmake -S . -B build-tsan-ft -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHARDLOOP_BUILD_PYTHON=ON \
+	  -DSHARDLOOP_BUILD_TESTS=OFF -DSHARDLOOP_BUILD_PERF=OFF -DCMAKE_CXX_FLAGS=-fsanitize=thread \
+	  -DCMAKE_SHARED_LINKER_FLAGS=-fsanitize=thread -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
+	  -DPython_EXECUTABLE=$(abspath $(TSAN_FT_PY)) \
+	  -Dpybind11_DIR=$$(TSAN_OPTIONS=report_bugs=0 $(TSAN_FT_PY) -c 'import pybind11; print(pybind11.get_cmake_dir())') >/dev/null
+	$(VENV)/bin/ninja -C build-tsan-ft -j $(JOBS)
+	cat $(TSAN_FT_PREFIX)/share/tsan/suppressions_free_threading.txt tests/tsan/suppressions-ft.txt \
+	  > build-tsan-ft/suppressions.txt
+	rm -rf build-tsan-ft/reports && mkdir -p build-tsan-ft/reports
+	cd tests/python && PYTHON_GIL=0 SHARDLOOP_SANITIZED=1 PYTHONPATH=$(abspath build-tsan-ft/pkg) \
+	  TSAN_OPTIONS="suppressions=$(abspath build-tsan-ft/suppressions.txt) log_path=$(abspath build-tsan-ft/reports)/tsan second_deadlock_stack=1" \
+	  ../../$(TSAN_FT_PY) -m pytest -q -p no:cacheprovider $(TSAN_FT_TESTS) -k "$(TSAN_FT_SELECT)"
+	@if ls build-tsan-ft/reports/tsan.* >/dev/null 2>&1; then \
+	  echo "ThreadSanitizer reports:"; head -c 20000 build-tsan-ft/reports/tsan.*; exit 1; fi
 
 # The interpreter is not instrumented, so it preloads the ASan runtime; its
 # own allocations at exit are not ours to judge, hence no leak check there
@@ -204,4 +274,4 @@ bench-native: deps
 	$(VPY) perf/native/compare.py --bin-dir build-native/perf/native
 
 clean:
-	rm -rf build build-asan build-tsan build-ft build-native dist
+	rm -rf build build-asan build-tsan build-ft build-tsan-ft build-native dist

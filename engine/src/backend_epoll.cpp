@@ -82,7 +82,7 @@ void Stream::on_poll(uv_poll_t* handle, int status, int events) {
   if (self->queued() != before) self->report_write(0);
   if (self->closed()) return;
   if (self->queued() == 0 && self->shutdown_pending_) {
-    int sr = ::shutdown(self->fd_, SHUT_WR) == 0 ? 0 : -errno;
+    int sr = self->shutdown_sent_ ? self->shutdown_status_ : (::shutdown(self->fd_, SHUT_WR) == 0 ? 0 : -errno);
     self->finish_shutdown(sr);
     if (self->closed()) return;
   }

@@ -4,6 +4,7 @@
 #include "shardloop/stream.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -136,12 +137,32 @@ void Stream::compact() noexcept {
 int Stream::shutdown() {
   if (closed()) return UV_EBADF;
   if (write_closed_ || shutdown_pending_) return UV_EPIPE;
-  shutdown_pending_ = true;
-  if (ring_) {
-    if (queued() == 0 && !send_inflight_) uring_shutdown();
-  } else {
-    epoll_watch();  // the writable callback sends the queue, then shuts down
+  if (queued() == 0 && !send_inflight_) {
+    // Nothing queued: the FIN goes now, as asyncio's write_eof() calls
+    // shutdown() at once, and a failure (ENOTCONN after the peer's reset) is
+    // the caller's to hear, as there; on_shutdown is then not called.
+    if (::shutdown(fd_, SHUT_WR) != 0) {
+      const int err = -errno;
+      write_closed_ = true;
+      return err;
+    }
+    shutdown_pending_ = true;
+    shutdown_sent_ = true;
+    shutdown_status_ = 0;
+    // The owner still hears of it from a completion or the writable
+    // callback, never from inside shutdown().
+    if (ring_) {
+      ring_->nop(this, kShutdown);
+      ++inflight_;
+    } else {
+      epoll_watch();
+    }
+    return 0;
   }
+  // Otherwise the queue is sent first: the writable callback (epoll) or the
+  // last send's completion (io_uring) shuts down.
+  shutdown_pending_ = true;
+  if (!ring_) epoll_watch();
   return 0;
 }
 
@@ -157,6 +178,7 @@ void Stream::report_write(int status) noexcept {
 
 void Stream::finish_shutdown(int status) noexcept {
   shutdown_pending_ = false;
+  shutdown_sent_ = false;
   write_closed_ = true;
   if (callbacks_.on_shutdown) callbacks_.on_shutdown(callbacks_.ctx, status);
 }

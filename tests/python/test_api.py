@@ -276,3 +276,21 @@ def test_loop_repr(loop):
     assert "running=True" in run(loop, main())
     loop.close()
     assert "closed=True" in repr(loop)
+
+
+def test_handles_are_native_types(sl):
+    # docs/differences.md: shardloop's handles have asyncio's methods but are
+    # not asyncio.Handle/TimerHandle instances (as with uvloop). If that ever
+    # changes, the page should say so.
+    loop = sl.new_event_loop()
+    try:
+        soon, later = loop.call_soon(print), loop.call_later(3600, print)
+        assert not isinstance(soon, asyncio.Handle)
+        assert not isinstance(later, asyncio.TimerHandle)
+        for h in (soon, later):
+            assert not h.cancelled()
+            h.cancel()
+            assert h.cancelled()
+        assert later.when() > loop.time()
+    finally:
+        loop.close()

@@ -34,6 +34,7 @@ SOFT_SEEDS = range(1000, 1000 + SOAK) if SOAK else (1, 2, 3, 4, 5)
 HARD_SEEDS = range(5000, 5000 + SOAK) if SOAK else (11, 12)
 SOFT_RATE = os.environ.get("SHARDLOOP_FAULT_TEST_RATE", "0.2")
 HARD_RATE = "0.1"
+TALLY = os.environ.get("SHARDLOOP_FAULT_TALLY")  # a file each child's counts are appended to
 CHILD_TIMEOUT = 240  # generous: a hang, not a slow machine, should trip it
 
 pytestmark = [
@@ -79,6 +80,10 @@ def run_child(mode, seed, rate, backend, certs):
     lines = [line for line in proc.stdout.splitlines() if line.startswith("FAULT-REPORT ")]
     assert len(lines) == 1, "%s: no report\n%s\n%s" % (repro, proc.stdout[-2000:], proc.stderr[-2000:])
     report = json.loads(lines[0][len("FAULT-REPORT "):])
+    if TALLY:  # make fault-soak: one line per child, summed by tests/fault/tally.py
+        with open(TALLY, "a") as f:
+            f.write(json.dumps({"mode": mode, "seed": seed, "backend": backend, "faults": report["faults"],
+                                "faults_of": report["faults_of"], "results": report["results"]}) + "\n")
     return report, repro
 
 

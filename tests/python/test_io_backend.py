@@ -4,7 +4,10 @@ and the fallback when the process may not have one (a seccomp filter that
 refuses io_uring_setup, as container runtimes' default profiles do)."""
 
 import asyncio
+import errno
 import os
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -195,4 +198,74 @@ def test_ring_loop_stays_on_the_thread_that_first_ran_it():
         assert errors and "thread that first ran it" in errors[0]
         assert loop.run_until_complete(asyncio.sleep(0, "again")) == "again"
     finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("make_loop", [
+    asyncio.new_event_loop,
+    lambda: shardloop.new_event_loop(io_uring=False),
+    lambda: shardloop.new_event_loop(io_uring=True),
+], ids=["asyncio", "epoll", "io_uring"])
+def test_write_eof_sends_the_fin_at_once(make_loop):
+    # asyncio's write_eof() calls shutdown() when nothing is queued, so the
+    # peer can read EOF before the loop runs again. The io_uring backend
+    # sent IORING_OP_SHUTDOWN instead, which waited for the next poll and
+    # then for an io-wq worker: the differential fuzzer saw the FIN arrive
+    # after events the peer caused later. The loop is not run between
+    # write_eof() and the peer's (bounded, blocking) read.
+    loop = make_loop()
+    lst = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(lst.getsockname())
+        peer, _ = lst.accept()
+        with peer:
+            client.setblocking(False)
+            transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=client))
+            loop.run_until_complete(asyncio.sleep(0.01))
+            transport.write(b"last")
+            transport.write_eof()
+            peer.settimeout(5)
+            got = b""
+            while chunk := peer.recv(100):
+                got += chunk
+            assert got == b"last"
+            transport.close()
+            loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        lst.close()
+        loop.close()
+
+
+@pytest.mark.parametrize("make_loop", [
+    asyncio.new_event_loop,
+    lambda: shardloop.new_event_loop(io_uring=False),
+    lambda: shardloop.new_event_loop(io_uring=True),
+], ids=["asyncio", "epoll", "io_uring"])
+def test_write_eof_after_a_reset_raises(make_loop):
+    # asyncio's write_eof() raises what shutdown() raises: after the peer's
+    # RST (unseen by a transport not reading), ENOTCONN. shardloop used to
+    # swallow it (the differential fuzzer's scenario: pause_reading, peer
+    # reset, write_eof). The transport is at EOF either way.
+    loop = make_loop()
+    lst = socket.create_server(("127.0.0.1", 0))
+    try:
+        client = socket.create_connection(lst.getsockname())
+        peer, _ = lst.accept()
+        client.setblocking(False)
+        transport, _ = loop.run_until_complete(loop.create_connection(asyncio.Protocol, sock=client))
+        transport.pause_reading()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        loop.run_until_complete(asyncio.sleep(0.05))
+        with pytest.raises(OSError) as info:
+            transport.write_eof()
+        assert info.value.errno == errno.ENOTCONN
+        assert str(info.value) == "[Errno %d] %s" % (errno.ENOTCONN, os.strerror(errno.ENOTCONN))
+        transport.write_eof()  # once at EOF, a no-op
+        with pytest.raises(RuntimeError, match="Cannot call write"):
+            transport.write(b"x")
+        transport.close()
+        loop.run_until_complete(asyncio.sleep(0))
+    finally:
+        lst.close()
         loop.close()

@@ -53,6 +53,8 @@ class Stream final : public OwnedHandle {
   // Bytes the kernel does not take at once are copied and sent in order.
   int write(const char* data, std::size_t len);
   // Sends what is queued, then shuts down the write side (on_shutdown).
+  // With nothing queued it shuts down at once: a failure is returned (and
+  // on_shutdown is not called), success is still reported by on_shutdown.
   int shutdown();
 
   std::size_t queued() const noexcept { return (sending_.size() - sent_) + out_.size(); }
@@ -112,6 +114,7 @@ class Stream final : public OwnedHandle {
   std::string out_;      // bytes written after those, not yet handed to the kernel
   std::string held_;     // io_uring: data the kernel delivered after read_stop()
   int held_status_ = 0;  // io_uring: EOF or an error that came after read_stop()
+  int shutdown_status_ = 0;  // what shutdown(2) returned, reported later (shutdown_sent_)
   int fd_;
   int watching_ = 0;  // epoll: the poll events asked of libuv
   int inflight_ = 0;  // io_uring: operations whose completion is still due
@@ -120,6 +123,7 @@ class Stream final : public OwnedHandle {
   bool recv_armed_ = false;     // io_uring: a multishot recv is in the kernel
   bool send_inflight_ = false;  // io_uring: a send SQE is in the kernel
   bool shutdown_pending_ = false;  // shut down once the queue is sent
+  bool shutdown_sent_ = false;     // shutdown(2) done, on_shutdown not yet called
   bool write_closed_ = false;
   bool write_failed_ = false;
   bool resume_queued_ = false;
