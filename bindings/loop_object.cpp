@@ -44,9 +44,29 @@ void reacquire_gil(void* ctx) {
 }
 
 void check_signals(void* ctx) {
+  auto* self = static_cast<LoopObject*>(ctx);
   // Runs the Python-level handlers; the default SIGINT one raises
   // KeyboardInterrupt, which ends run_forever like asyncio's loop.
-  if (PyErr_CheckSignals() < 0) loop_abort_with_exception(static_cast<LoopObject*>(ctx));
+  if (PyErr_CheckSignals() < 0) {
+    loop_abort_with_exception(self);
+    return;
+  }
+  // Then add_signal_handler's callbacks, from the signal numbers read off
+  // the wakeup fd, as asyncio's _process_self_data does: one still hears its
+  // signal while other code has replaced the Python-level handler.
+  std::string signals = self->engine->take_signals();
+  for (unsigned char sig : signals) {
+    if (sig == 0) continue;
+    PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(self), "_handle_signal", "i", static_cast<int>(sig));
+    if (r != nullptr) {
+      Py_DECREF(r);
+    } else if (exception_must_propagate()) {
+      loop_abort_with_exception(self);
+      return;
+    } else {
+      PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(self));
+    }
+  }
 }
 
 // --- argument checks shared by the call_* methods --------------------------

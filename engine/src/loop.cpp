@@ -416,6 +416,9 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
   char buf[256];
   ssize_t n;
   while ((n = ::read(self->signal_fds_[0], buf, sizeof buf)) > 0) {
+    for (ssize_t i = 0; i < n && self->signals_read_count_ < kMaxSignalsRead; ++i) {
+      self->signals_read_[self->signals_read_count_++] = static_cast<unsigned char>(buf[i]);
+    }
     // Best effort, as CPython's own handler writes the wakeup fd: the
     // displaced fd is non-blocking (set_wakeup_fd demands it), and a full
     // buffer already tells its owner that signals arrived.
@@ -423,6 +426,12 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
     }
   }
   self->call_hook(self->hooks_.on_signal);
+}
+
+std::string Loop::take_signals() {
+  std::string taken(reinterpret_cast<const char*>(signals_read_), signals_read_count_);
+  signals_read_count_ = 0;
+  return taken;
 }
 
 int Loop::signal_wakeup_fd() {

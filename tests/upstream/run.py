@@ -74,8 +74,12 @@ SUITES = {s.name: s for s in [
 
 
 def sh(cmd: list[str], **kwargs) -> None:
+    """Runs cmd; its output is shown only when it fails (pip's is noisy here)."""
     print("+", " ".join(map(str, cmd)), flush=True)
-    subprocess.run(cmd, check=True, **kwargs)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+    if done.returncode != 0:
+        print(done.stdout, flush=True)
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(map(str, cmd))}")
 
 
 def fetch(suite: Suite) -> Path:
