@@ -7,8 +7,10 @@ Environment (set by tests/upstream/run.py):
   SHARDLOOP_UPSTREAM_REPORT  where the JSON record goes at the end
 
 How each suite gets the loop:
-* every suite: asyncio's policy makes the intended loop, so code calling
-  asyncio.new_event_loop() or asyncio.run() without a factory gets it;
+* anyio and aiohttp: asyncio's policy makes the intended loop, so code
+  calling asyncio.new_event_loop() or asyncio.run() without a factory gets
+  it (not uvicorn: its test_asyncio_run__default_loop_factory asserts that
+  a plain asyncio.run() gets asyncio's own loop);
 * anyio and uvicorn (both run async tests through anyio's pytest plugin):
   the `anyio_backend` fixture's value gains loop_factory=new_event_loop;
   anyio's own parametrisations with another loop factory (uvloop, eager
@@ -29,6 +31,7 @@ tests were not seen on the intended loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 
@@ -101,6 +104,7 @@ def _patch_uvicorn_config() -> None:
 
     original = uvicorn_config.Config.__init__
 
+    @functools.wraps(original)  # its test_run_match_config_params reads the signature
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         original(self, *args, **kwargs)
         if self.loop in ("asyncio", "auto") and not _current.startswith(UVICORN_KEEP_LOOP):
@@ -109,8 +113,12 @@ def _patch_uvicorn_config() -> None:
     uvicorn_config.Config.__init__ = __init__
 
 
+USE_POLICY = SUITE != "uvicorn"
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    _install_policy()
+    if USE_POLICY:
+        _install_policy()
     if LOOP != "asyncio":
         _count_foreign_asyncio_loops()
     if SUITE == "uvicorn":
@@ -166,7 +174,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_runtest_setup(item: pytest.Item) -> None:
     global _current
     _current = item.nodeid
-    _install_policy()
+    if USE_POLICY:
+        _install_policy()
 
 
 @pytest.hookimpl(hookwrapper=True)

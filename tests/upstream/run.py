@@ -61,7 +61,7 @@ SUITES = {s.name: s for s in [
            "pytest-timeout>=2.4.0", "trustme>=1.0.0", "truststore>=0.9.1"],
           ["tests", "-p", "loopcheck"], 1800),
     Suite("aiohttp", "3.14.5", ["aiohttp[speedups]==3.14.5"],
-          ["blockbuster", "freezegun", "isal", "zlib-ng", "proxy.py>=2.4.4rc5", "pytest", "pytest-codspeed",
+          ["blockbuster", "coverage", "freezegun", "isal", "zlib-ng", "proxy.py>=2.4.4rc5", "pytest", "pytest-codspeed",
            "pytest-mock", "pytest-timeout", "trustme", "gunicorn"],
           ["tests", "-p", "loopcheck", "-o", "addopts=", "--strict-markers", "-ra",
            "-m", "not dev_mode and not autobahn and not internal", "--aiohttp-loop=pyloop"], 2400),
