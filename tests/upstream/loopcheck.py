@@ -116,7 +116,30 @@ def _patch_uvicorn_config() -> None:
 USE_POLICY = SUITE != "uvicorn"
 
 
+def _blockbuster_sendfile_rule() -> None:
+    # blockbuster (anyio's and aiohttp's suites run under it) allows
+    # os.sendfile only where asyncio's own loop calls it, naming asyncio's
+    # files and functions. shardloop makes the same call, on a non-blocking
+    # socket, from its own sock_sendfile step: it gets the same allowance,
+    # nothing more.
+    try:
+        from blockbuster import blockbuster as bb_module
+    except ImportError:
+        return
+    original = bb_module.BlockBuster.__init__
+
+    @functools.wraps(original)
+    def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        original(self, *args, **kwargs)
+        if "os.sendfile" in self.functions:
+            self.functions["os.sendfile"].can_block_in("shardloop/_fdio.py", {"step"})
+
+    bb_module.BlockBuster.__init__ = __init__
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if LOOP == "shardloop":
+        _blockbuster_sendfile_rule()
     if USE_POLICY:
         _install_policy()
     if LOOP != "asyncio":
