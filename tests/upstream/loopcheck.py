@@ -116,12 +116,20 @@ def _patch_uvicorn_config() -> None:
 USE_POLICY = SUITE != "uvicorn"
 
 
-def _blockbuster_sendfile_rule() -> None:
-    # blockbuster (anyio's and aiohttp's suites run under it) allows
-    # os.sendfile only where asyncio's own loop calls it, naming asyncio's
-    # files and functions. shardloop makes the same call, on a non-blocking
-    # socket, from its own sock_sendfile step: it gets the same allowance,
-    # nothing more.
+# blockbuster (anyio's and aiohttp's suites run under it) allows these calls
+# on the loop thread only where asyncio's own loop makes them, naming
+# asyncio's files and functions (os.sendfile in sock_sendfile, os.stat and
+# os.unlink around create_unix_server's socket file). shardloop makes the
+# same calls in its own functions: they get the same allowance, nothing more.
+SHARDLOOP_BLOCKING_LIKE_ASYNCIO = {
+    "os.sendfile": ("shardloop/_fdio.py", {"step"}),
+    "os.stat": ("shardloop/_unix.py", {"_remove_stale_socket_file", "_socket_file", "_unlink_if_same"}),
+    "os.remove": ("shardloop/_unix.py", {"_remove_stale_socket_file"}),
+    "os.unlink": ("shardloop/_unix.py", {"_unlink_if_same"}),
+}
+
+
+def _blockbuster_rules() -> None:
     try:
         from blockbuster import blockbuster as bb_module
     except ImportError:
@@ -131,15 +139,16 @@ def _blockbuster_sendfile_rule() -> None:
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         original(self, *args, **kwargs)
-        if "os.sendfile" in self.functions:
-            self.functions["os.sendfile"].can_block_in("shardloop/_fdio.py", {"step"})
+        for name, (filename, functions) in SHARDLOOP_BLOCKING_LIKE_ASYNCIO.items():
+            if name in self.functions:
+                self.functions[name].can_block_in(filename, functions)
 
     bb_module.BlockBuster.__init__ = __init__
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if LOOP == "shardloop":
-        _blockbuster_sendfile_rule()
+        _blockbuster_rules()
     if USE_POLICY:
         _install_policy()
     if LOOP != "asyncio":
