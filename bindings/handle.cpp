@@ -290,7 +290,12 @@ PyType_Spec handle_spec = {
 
 double when_of(PyObject* self) { return reinterpret_cast<TimerHandleObject*>(self)->node.when; }
 
-PyObject* timer_when(PyObject* self, PyObject*) { return PyFloat_FromDouble(when_of(self)); }
+PyObject* timer_when(PyObject* self, PyObject*) {
+  if (reinterpret_cast<TimerHandleObject*>(self)->when_is_int) return PyLong_FromDouble(when_of(self));
+  return PyFloat_FromDouble(when_of(self));
+}
+
+PyObject* timer_get_when(PyObject* self, void*) { return timer_when(self, nullptr); }
 
 PyObject* timer_get_scheduled(PyObject* self, void*) {
   return PyBool_FromLong(reinterpret_cast<TimerHandleObject*>(self)->node.scheduled());
@@ -328,11 +333,11 @@ PyMethodDef timer_methods[] = {
 
 PyGetSetDef timer_getset[] = {
     {"_scheduled", timer_get_scheduled, nullptr, nullptr, nullptr},
+    {"_when", timer_get_when, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
 PyMemberDef timer_members[] = {
-    {"_when", T_DOUBLE, offsetof(TimerHandleObject, node) + offsetof(TimerNode, when), READONLY, nullptr},
     {nullptr, 0, 0, 0, nullptr},
 };
 

@@ -3,6 +3,7 @@
 #include <structmember.h>
 
 #include <climits>
+#include <cmath>
 #include <exception>
 #include <new>
 #include <stdexcept>
@@ -45,9 +46,29 @@ void reacquire_gil(void* ctx) {
 }
 
 void check_signals(void* ctx) {
+  auto* self = static_cast<LoopObject*>(ctx);
   // Runs the Python-level handlers; the default SIGINT one raises
   // KeyboardInterrupt, which ends run_forever like asyncio's loop.
-  if (PyErr_CheckSignals() < 0) loop_abort_with_exception(static_cast<LoopObject*>(ctx));
+  if (PyErr_CheckSignals() < 0) {
+    loop_abort_with_exception(self);
+    return;
+  }
+  // Then add_signal_handler's callbacks, from the signal numbers read off
+  // the wakeup fd, as asyncio's _process_self_data does: one still hears its
+  // signal while other code has replaced the Python-level handler.
+  std::string signals = self->engine->take_signals();
+  for (unsigned char sig : signals) {
+    if (sig == 0) continue;
+    PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(self), "_handle_signal", "i", static_cast<int>(sig));
+    if (r != nullptr) {
+      Py_DECREF(r);
+    } else if (exception_must_propagate()) {
+      loop_abort_with_exception(self);
+      return;
+    } else {
+      PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(self));
+    }
+  }
 }
 
 // --- argument checks shared by the call_* methods --------------------------
@@ -236,13 +257,14 @@ Queued queue_timer(LoopObject* self, TimerHandleObject* timer, double when) {
 }
 
 PyObject* schedule_at(LoopObject* self, double when, PyObject* const* args, Py_ssize_t nargs,
-                      PyObject* context, const char* method) {
+                      PyObject* context, const char* method, bool when_is_int = false) {
   if (!check_open(self)) return nullptr;
   if (self->debug && !check_thread(self)) return nullptr;
   if (!check_callback(args[0], method)) return nullptr;
   HandleObject* handle = handle_new(self, true, args[0], args + 1, nargs - 1, context);
   if (handle == nullptr) return nullptr;
   auto* timer = reinterpret_cast<TimerHandleObject*>(handle);
+  timer->when_is_int = when_is_int;
   timer->node.work = handle_work(handle);
   Py_INCREF(handle);  // the timer heap's reference
   if (!queued_or_raise(queue_timer(self, timer, when), reinterpret_cast<PyObject*>(handle))) return nullptr;
@@ -290,7 +312,8 @@ PyObject* loop_call_at(LoopObject* self, PyObject* const* args, size_t nargsf, P
   if (!parse_call(args, nargs, kwnames, 1, "call_at", "when", &context)) return nullptr;
   double when;
   if (!to_seconds(args[0], "when cannot be None", &when)) return nullptr;
-  return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
+  return schedule_at(self, when, args + 1, nargs - 1, context, "call_at",
+                     PyLong_Check(args[0]) && std::fabs(when) < 9007199254740992.0);
 }
 
 PyObject* loop_create_future(LoopObject* self, PyObject*) { return loop_new_future(self); }

@@ -254,14 +254,19 @@ void Loop::run_once() {
   // Readiness callbacks (call_io) run after the batch, before the timers,
   // as asyncio appends select()'s handles to its ready queue: what they
   // schedule waits for the next iteration, after the next poll.
+  // Streams' read/write handlers are readiness callbacks too (Stream::on_poll).
   const std::size_t io = io_ready_.size();
-  const bool run_queued_now = io_queued && batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now);
+  const bool run_queued_now =
+      (io_queued || io != 0) && batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now);
   if (!io_queued) batch = ready_.size();
   if (run_queued_now) {
-    // This iteration is two: the one whose poll ran the I/O callbacks (its
-    // readiness callbacks with it), then the one after an empty poll.
-    batch = ready_.size();
+    // This iteration is two: the one whose poll found the I/O (its
+    // readiness callbacks run here), then the one after an empty poll,
+    // which runs what the I/O callbacks queued, unless one of them stopped
+    // the loop (that ends the first).
     if (io != 0 && !run_io(io)) return;
+    if (stopping_) return;
+    batch = ready_.size();
   }
   for (std::size_t n = batch; n > 0 && !ready_.empty(); --n) {
     ready_.pop_front().run();
@@ -413,6 +418,9 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
   char buf[256];
   ssize_t n;
   while ((n = ::read(self->signal_fds_[0], buf, sizeof buf)) > 0) {
+    for (ssize_t i = 0; i < n && self->signals_read_count_ < kMaxSignalsRead; ++i) {
+      self->signals_read_[self->signals_read_count_++] = static_cast<unsigned char>(buf[i]);
+    }
     // Best effort, as CPython's own handler writes the wakeup fd: the
     // displaced fd is non-blocking (set_wakeup_fd demands it), and a full
     // buffer already tells its owner that signals arrived.
@@ -420,6 +428,12 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
     }
   }
   self->call_hook(self->hooks_.on_signal);
+}
+
+std::string Loop::take_signals() {
+  std::string taken(reinterpret_cast<const char*>(signals_read_), signals_read_count_);
+  signals_read_count_ = 0;
+  return taken;
 }
 
 int Loop::signal_wakeup_fd() {

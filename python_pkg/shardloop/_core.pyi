@@ -19,7 +19,7 @@ def _set_socket_types(socket_type: type, ssl_socket_type: type | None, /) -> Non
 def _spawn(argv: list[bytes], exec_paths: list[bytes], env: list[bytes] | None, cwd: bytes | None,
            stdio: tuple[int, int, int], parent_ends: tuple[int, int, int], keep_fds: list[int],
            close_fds: bool, restore_signals: bool, new_session: bool, process_group: int,
-           umask: int) -> tuple[int, int, str, int]: ...
+           umask: int, groups: list[int] | None, gid: int | None, uid: int | None) -> tuple[int, int, str, int]: ...
 
 class Handle:
     _loop: Loop

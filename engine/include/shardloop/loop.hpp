@@ -137,6 +137,14 @@ class Loop {
   // the wakeup fd the loop displaced while it runs: its owner still hears
   // of every signal. Loop thread.
   void set_signal_forward_fd(int fd) noexcept { signal_forward_fd_ = fd; }
+  // The bytes read from the wakeup fd since the last call: CPython's signal
+  // handler writes one per signal caught, its number. asyncio's
+  // add_signal_handler dispatches on these (not on which Python-level
+  // handler is installed), so the Python binding takes them in
+  // Hooks::on_signal. At most kMaxSignalsRead are kept between two calls; a
+  // flood beyond that is dropped, as a full wakeup socket drops it. Loop thread.
+  std::string take_signals();
+  static constexpr std::size_t kMaxSignalsRead = 256;
   // In a child process after fork(): the loop gets its own epoll instance,
   // async eventfd and signal socketpair. What it inherited is shared with
   // the parent, so an epoll_ctl(DEL) at close() would remove the parent's
@@ -215,6 +223,8 @@ class Loop {
   uv_poll_t signal_poll_{};
   int signal_fds_[2] = {-1, -1};
   int signal_forward_fd_ = -1;
+  unsigned char signals_read_[kMaxSignalsRead] = {};
+  std::size_t signals_read_count_ = 0;
 
   RingQueue<Work> ready_;
   RingQueue<Work> io_ready_;  // call_io(): this iteration's readiness callbacks
