@@ -236,6 +236,15 @@ test-ft: $(FT_VENV)/.deps-stamp
 	$(FT_PY) -m pip install -q --no-build-isolation --force-reinstall --no-deps -C build-dir=build-ft/wheel .
 	cd tests && ../$(FT_PY) -m pytest -q -p no:cacheprovider ../tests/python ../tests/integration
 
+# anyio's, aiohttp's and uvicorn's own test suites (pinned sdists, unpacked
+# under build/upstream) on asyncio's loop, uvloop and shardloop; the table
+# and what passes on asyncio but not on shardloop go to
+# build/upstream/results/summary.md. Not part of `make test` (CONTRIBUTING
+# says how long it takes). UPSTREAM_ARGS, e.g. --suite anyio --loop shardloop.
+.PHONY: upstream
+upstream: install
+	$(VPY) tests/upstream/run.py $(UPSTREAM_ARGS)
+
 # The wheel shares install's scikit-build-core cache (build/{wheel_tag}); auditwheel
 # copies libuv (and any other library outside the manylinux set) into
 # shardloop.libs and tags the wheel with the oldest glibc its symbols allow.

@@ -6,6 +6,7 @@
 #include "handle.hpp"
 #include "loop_object.hpp"
 #include "shardloop/fd_watcher.hpp"
+#include "sock_ops.hpp"
 
 namespace shardloop::py {
 
@@ -120,6 +121,9 @@ PyObject* add(LoopObject* self, PyObject* const* args, Py_ssize_t nargs, int sid
   }
   HandleObject* handle = handle_new(self, false, args[1], args + 2, nargs - 2, nullptr);
   if (handle == nullptr) return nullptr;
+  // A sock_* call waiting on this side is replaced, as asyncio replaces
+  // its handle (its future stays pending).
+  sock_ops_displace(self, fd, side);
   auto& slots = self->fd_watches->slots;
   auto it = slots.find(fd);
   Slot* slot;
@@ -171,12 +175,20 @@ PyObject* remove(LoopObject* self, PyObject* fd_obj, int side) {
   int fd;
   if (!parse_fd(fd_obj, &fd)) return nullptr;
   if (self->engine->is_closed()) Py_RETURN_FALSE;
-  bool removed = drop(self, fd, side);
+  // A waiting sock_* call is this side's handle in asyncio: removing it
+  // leaves its future pending, and says True.
+  bool removed = sock_ops_displace(self, fd, side) || drop(self, fd, side);
   if (PyErr_Occurred()) return nullptr;
   return PyBool_FromLong(removed);
 }
 
 }  // namespace
+
+int fd_watch_take_side(LoopObject* loop, int fd, int side) {
+  auto it = loop->fd_watches->slots.find(fd);
+  if (it == loop->fd_watches->slots.end() || it->second->handles[side] == nullptr) return 0;
+  return drop(loop, fd, side) ? 1 : -1;
+}
 
 FdWatches* fd_watches_new() { return new FdWatches(); }
 

@@ -30,5 +30,10 @@ PyObject* loop_remove_reader(LoopObject* self, PyObject* fd);
 PyObject* loop_note_fileobj(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* loop_watched_fd(LoopObject* self, PyObject* fileobj);
 PyObject* loop_remove_writer(LoopObject* self, PyObject* fd);
+// A sock_* call starts waiting on fd's side (0 reader, 1 writer): the
+// add_reader/add_writer callback there is cancelled and removed, as
+// asyncio's selector replaces it. 1 if there was one, 0 if not, -1 with an
+// error raised (its cancel() failed; it is removed all the same).
+int fd_watch_take_side(LoopObject* loop, int fd, int side);
 
 }  // namespace shardloop::py

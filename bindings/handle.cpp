@@ -162,7 +162,8 @@ void handle_dealloc(HandleObject* self) {
 
 PyObject* handle_repr(HandleObject* self) {
   if (self->repr) return Py_NewRef(self->repr);
-  return PyObject_CallMethod(reinterpret_cast<PyObject*>(self->loop), "_handle_repr", "O", self);
+  PyObject* arg = reinterpret_cast<PyObject*>(self);
+  return upcall(self->loop, Upcall::handle_repr, &arg, 1);
 }
 
 // Takes a cancelled timer off the heap and drops the heap's reference.
@@ -289,7 +290,12 @@ PyType_Spec handle_spec = {
 
 double when_of(PyObject* self) { return reinterpret_cast<TimerHandleObject*>(self)->node.when; }
 
-PyObject* timer_when(PyObject* self, PyObject*) { return PyFloat_FromDouble(when_of(self)); }
+PyObject* timer_when(PyObject* self, PyObject*) {
+  if (reinterpret_cast<TimerHandleObject*>(self)->when_is_int) return PyLong_FromDouble(when_of(self));
+  return PyFloat_FromDouble(when_of(self));
+}
+
+PyObject* timer_get_when(PyObject* self, void*) { return timer_when(self, nullptr); }
 
 PyObject* timer_get_scheduled(PyObject* self, void*) {
   return PyBool_FromLong(reinterpret_cast<TimerHandleObject*>(self)->node.scheduled());
@@ -327,11 +333,11 @@ PyMethodDef timer_methods[] = {
 
 PyGetSetDef timer_getset[] = {
     {"_scheduled", timer_get_scheduled, nullptr, nullptr, nullptr},
+    {"_when", timer_get_when, nullptr, nullptr, nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},
 };
 
 PyMemberDef timer_members[] = {
-    {"_when", T_DOUBLE, offsetof(TimerHandleObject, node) + offsetof(TimerNode, when), READONLY, nullptr},
     {nullptr, 0, 0, 0, nullptr},
 };
 
@@ -398,7 +404,7 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
   self->weakreflist = nullptr;
   self->cancelled = false;
   if (loop->debug) {
-    self->source_traceback = PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_extract_stack", nullptr);
+    self->source_traceback = upcall(loop, Upcall::extract_stack);
     if (self->source_traceback == nullptr) {
       Py_DECREF(self);
       return nullptr;

@@ -24,6 +24,10 @@ struct HandleObject {
 struct TimerHandleObject {
   HandleObject base;
   TimerNode node;
+  // call_at() was given an int: asyncio's TimerHandle keeps the value it
+  // was given, so when() and _when give an int back (aiohttp rounds its
+  // timeouts up to whole seconds and checks that). Exact below 2**53.
+  bool when_is_int;
 };
 
 extern PyTypeObject* HandleType;

@@ -3,11 +3,13 @@
 #include <structmember.h>
 
 #include <climits>
+#include <cmath>
 #include <exception>
 #include <new>
 #include <stdexcept>
 
 #include "fd_watch.hpp"
+#include "sock_ops.hpp"
 #include "handle.hpp"
 #include "shardloop/clock.hpp"
 
@@ -44,9 +46,29 @@ void reacquire_gil(void* ctx) {
 }
 
 void check_signals(void* ctx) {
+  auto* self = static_cast<LoopObject*>(ctx);
   // Runs the Python-level handlers; the default SIGINT one raises
   // KeyboardInterrupt, which ends run_forever like asyncio's loop.
-  if (PyErr_CheckSignals() < 0) loop_abort_with_exception(static_cast<LoopObject*>(ctx));
+  if (PyErr_CheckSignals() < 0) {
+    loop_abort_with_exception(self);
+    return;
+  }
+  // Then add_signal_handler's callbacks, from the signal numbers read off
+  // the wakeup fd, as asyncio's _process_self_data does: one still hears its
+  // signal while other code has replaced the Python-level handler.
+  std::string signals = self->engine->take_signals();
+  for (unsigned char sig : signals) {
+    if (sig == 0) continue;
+    PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(self), "_handle_signal", "i", static_cast<int>(sig));
+    if (r != nullptr) {
+      Py_DECREF(r);
+    } else if (exception_must_propagate()) {
+      loop_abort_with_exception(self);
+      return;
+    } else {
+      PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(self));
+    }
+  }
 }
 
 // --- argument checks shared by the call_* methods --------------------------
@@ -235,13 +257,14 @@ Queued queue_timer(LoopObject* self, TimerHandleObject* timer, double when) {
 }
 
 PyObject* schedule_at(LoopObject* self, double when, PyObject* const* args, Py_ssize_t nargs,
-                      PyObject* context, const char* method) {
+                      PyObject* context, const char* method, bool when_is_int = false) {
   if (!check_open(self)) return nullptr;
   if (self->debug && !check_thread(self)) return nullptr;
   if (!check_callback(args[0], method)) return nullptr;
   HandleObject* handle = handle_new(self, true, args[0], args + 1, nargs - 1, context);
   if (handle == nullptr) return nullptr;
   auto* timer = reinterpret_cast<TimerHandleObject*>(handle);
+  timer->when_is_int = when_is_int;
   timer->node.work = handle_work(handle);
   Py_INCREF(handle);  // the timer heap's reference
   if (!queued_or_raise(queue_timer(self, timer, when), reinterpret_cast<PyObject*>(handle))) return nullptr;
@@ -289,13 +312,11 @@ PyObject* loop_call_at(LoopObject* self, PyObject* const* args, size_t nargsf, P
   if (!parse_call(args, nargs, kwnames, 1, "call_at", "when", &context)) return nullptr;
   double when;
   if (!to_seconds(args[0], "when cannot be None", &when)) return nullptr;
-  return schedule_at(self, when, args + 1, nargs - 1, context, "call_at");
+  return schedule_at(self, when, args + 1, nargs - 1, context, "call_at",
+                     PyLong_Check(args[0]) && std::fabs(when) < 9007199254740992.0);
 }
 
-PyObject* loop_create_future(LoopObject* self, PyObject*) {
-  PyObject* args[] = {reinterpret_cast<PyObject*>(self)};
-  return PyObject_Vectorcall(future_type, args, 0, kw_loop);
-}
+PyObject* loop_create_future(LoopObject* self, PyObject*) { return loop_new_future(self); }
 
 // The common case (no task factory, no debug bookkeeping) natively; the
 // rest in Python's _create_task_slow.
@@ -320,8 +341,8 @@ PyObject* loop_create_task(LoopObject* self, PyObject* const* args, size_t nargs
     }
   }
   if (self->task_factory || self->debug || task_type == nullptr) {
-    return PyObject_CallMethod(reinterpret_cast<PyObject*>(self), "_create_task_slow", "OOO", args[0], name,
-                               context);
+    PyObject* slow_args[] = {args[0], name, context};
+    return upcall(self, Upcall::create_task_slow, slow_args, 3);
   }
   if (!check_open(self)) return nullptr;
   PyObject* call_args[4] = {args[0], reinterpret_cast<PyObject*>(self), name, context};
@@ -400,6 +421,7 @@ PyObject* loop_run(LoopObject* self, PyObject*) {
     return nullptr;
   }
   bool failed = false;
+  sock_ops_prepare(self);
   try {
     self->engine->run();
   } catch (...) {
@@ -436,6 +458,7 @@ PyObject* loop_close_native(LoopObject* self, PyObject*) {
   if (!running) {
     __atomic_store_n(&self->closing, true, __ATOMIC_RELAXED);
     fd_watches_clear(self);
+    sock_ops_clear(self);
     try {
       self->engine->close();
     } catch (...) {
@@ -477,6 +500,7 @@ PyObject* loop_forward_signals(LoopObject* self, PyObject* arg) {
 PyObject* loop_after_fork(LoopObject* self, PyObject*) {
   try {
     self->engine->after_fork();
+    sock_ops_after_fork(self);
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
@@ -545,6 +569,15 @@ PyMethodDef loop_methods[] = {
     {"_remove_writer", reinterpret_cast<PyCFunction>(loop_remove_writer), METH_O, nullptr},
     {"_note_fileobj", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_note_fileobj)), METH_FASTCALL, nullptr},
     {"_watched_fd", reinterpret_cast<PyCFunction>(loop_watched_fd), METH_O, nullptr},
+    {"_sock_recv", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recv)), METH_FASTCALL, nullptr},
+    {"_sock_recv_into", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recv_into)), METH_FASTCALL, nullptr},
+    {"_sock_recvfrom", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recvfrom)), METH_FASTCALL, nullptr},
+    {"_sock_recvfrom_into", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_recvfrom_into)), METH_FASTCALL, nullptr},
+    {"_sock_sendto", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_sendto)), METH_FASTCALL, nullptr},
+    {"_sock_sendall", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_sendall)), METH_FASTCALL, nullptr},
+    {"_sock_accept", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_accept)), METH_FASTCALL, nullptr},
+    {"_sock_connect", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_connect)), METH_FASTCALL, nullptr},
+    {"_sock_forget", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_sock_forget)), METH_FASTCALL, nullptr},
     {"_signal_wakeup_fd", reinterpret_cast<PyCFunction>(loop_signal_wakeup_fd), METH_NOARGS, nullptr},
     {"_forward_signals", reinterpret_cast<PyCFunction>(loop_forward_signals), METH_O, nullptr},
     {"_after_fork", reinterpret_cast<PyCFunction>(loop_after_fork), METH_NOARGS, nullptr},
@@ -566,8 +599,13 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   auto* self = reinterpret_cast<LoopObject*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
   self->slow_callback_duration = 0.1;
+  if (upcalls_resolve(self, type) < 0) {
+    Py_DECREF(self);
+    return nullptr;
+  }
   try {
     self->fd_watches = fd_watches_new();
+    self->sock_ops = sock_ops_new();
     self->engine = new Loop();
   } catch (const std::bad_alloc&) {
     Py_DECREF(self);
@@ -592,7 +630,9 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
   Py_VISIT(self->pending_exception);
   Py_VISIT(self->task_factory);
+  for (PyObject* fn : self->upcalls) Py_VISIT(fn);
   if (int fd_rc = fd_watches_traverse(self->fd_watches, visit, arg)) return fd_rc;
+  if (int sock_rc = sock_ops_traverse(self->sock_ops, visit, arg)) return sock_rc;
   int rc = 0;
   if (self->engine && !self->engine->is_closed()) {
     self->engine->for_each_pending([&](const Work& work) {
@@ -610,6 +650,7 @@ int loop_clear(LoopObject* self) {
   // Drops the handles reported by loop_traverse.
   if (self->engine && !self->engine->is_running()) {
     fd_watches_clear(self);
+    sock_ops_clear(self);
     __atomic_store_n(&self->closing, true, __ATOMIC_RELAXED);
     try {
       self->engine->close();
@@ -629,12 +670,18 @@ void loop_dealloc(LoopObject* self) {
       PyErr_WarnEx(PyExc_RuntimeWarning, "shardloop: deallocating a running loop", 1);
     }
     fd_watches_clear(self);
+    sock_ops_clear(self);
     delete self->engine;
     self->engine = nullptr;
   }
   fd_watches_free(self->fd_watches);
   self->fd_watches = nullptr;
+  sock_ops_free(self->sock_ops);
+  self->sock_ops = nullptr;
   loop_clear(self);
+  // Not in loop_clear: a cleared loop that something still reaches may
+  // call them again.
+  for (PyObject*& fn : self->upcalls) Py_CLEAR(fn);
   type->tp_free(self);
   Py_DECREF(type);
 }
@@ -687,15 +734,27 @@ void finish_hook_call(LoopObject* loop, PyObject* result, HandleObject* handle) 
 
 void loop_report_callback_error(LoopObject* loop, HandleObject* handle) {
   PyObject* exc = fetch_exception();
-  PyObject* r = PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_callback_error", "OO", handle, exc);
+  PyObject* error_args[] = {reinterpret_cast<PyObject*>(handle), exc};
+  PyObject* r = upcall(loop, Upcall::callback_error, error_args, 2);
   Py_DECREF(exc);
   finish_hook_call(loop, r, handle);
 }
 
 void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds) {
-  finish_hook_call(
-      loop, PyObject_CallMethod(reinterpret_cast<PyObject*>(loop), "_log_slow_callback", "Od", handle, seconds),
-      handle);
+  PyObject* secs = PyFloat_FromDouble(seconds);
+  if (secs == nullptr) {
+    finish_hook_call(loop, nullptr, handle);
+    return;
+  }
+  PyObject* slow_args[] = {reinterpret_cast<PyObject*>(handle), secs};
+  PyObject* r = upcall(loop, Upcall::log_slow_callback, slow_args, 2);
+  Py_DECREF(secs);
+  finish_hook_call(loop, r, handle);
+}
+
+PyObject* loop_new_future(LoopObject* loop) {
+  PyObject* args[] = {reinterpret_cast<PyObject*>(loop)};
+  return PyObject_Vectorcall(future_type, args, 0, kw_loop);
 }
 
 PyObject* set_asyncio_types(PyObject*, PyObject* args) {

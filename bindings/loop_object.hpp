@@ -2,12 +2,14 @@
 #pragma once
 
 #include "common.hpp"
+#include "loop_upcalls.hpp"
 #include "shardloop/loop.hpp"
 
 namespace shardloop::py {
 
 struct HandleObject;
 struct FdWatches;
+struct SockOps;
 
 struct LoopObject {
   PyObject_HEAD
@@ -15,9 +17,11 @@ struct LoopObject {
   PyObject* pending_exception;  // KeyboardInterrupt/SystemExit leaving _run()
   PyObject* task_factory;
   FdWatches* fd_watches;
+  SockOps* sock_ops;  // the sock_* calls waiting for their socket
   PyThreadState* waiting_tstate;
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;
+  PyObject* upcalls[kUpcallCount];  // see loop_upcalls.hpp
   bool debug;
   // Set (under the loop's critical section) when close() has decided to
   // close: from then on the loop counts as closed, so a run that another
@@ -56,6 +60,8 @@ void loop_report_callback_error(LoopObject* loop, HandleObject* handle);
 bool check_callable(PyObject* callback, const char* method, bool allow_coroutine_function);
 // Debug mode: logs a callback slower than slow_callback_duration.
 void loop_log_slow_callback(LoopObject* loop, HandleObject* handle, double seconds);
+// A new asyncio future bound to `loop` (create_future()).
+PyObject* loop_new_future(LoopObject* loop);
 // loop_io_backend.cpp
 PyObject* loop_set_io_backend(LoopObject* self, PyObject* mode);
 PyObject* loop_get_io_backend(LoopObject* self, void*);

@@ -5,6 +5,7 @@
 
 #include "handle.hpp"
 #include "loop_object.hpp"
+#include "sock_ops.hpp"
 #include "shardloop/version.hpp"
 
 namespace py = pybind11;
@@ -39,6 +40,7 @@ PyMethodDef raw_functions[] = {
     {"_raw_noop", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(raw_noop)), METH_FASTCALL,
      "No-op through CPython's vectorcall, for call-cost measurements."},
     {"_set_asyncio_types", shardloop::py::set_asyncio_types, METH_VARARGS, nullptr},
+    {"_set_socket_types", shardloop::py::set_socket_types, METH_VARARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
 
@@ -52,6 +54,9 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     throw py::error_already_set();
   }
   m.attr("engine_version") = shardloop::kVersion;
+  PyObject* upcalls = shardloop::py::upcall_names();
+  if (upcalls == nullptr) throw py::error_already_set();
+  m.attr("LOOP_UPCALLS") = py::reinterpret_steal<py::object>(upcalls);
   m.def("libuv_version", [] { return std::string(uv_version_string()); },
         "Version of the libuv the engine runs on.");
   shardloop::py_bindings::init_process(m);

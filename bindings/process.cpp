@@ -35,7 +35,8 @@ std::tuple<int, int, std::string, int> spawn(std::vector<std::string> argv, std:
                                              std::optional<std::string> cwd, std::tuple<int, int, int> stdio,
                                              std::tuple<int, int, int> parent_ends, std::vector<int> keep_fds,
                                              bool close_fds, bool restore_signals, bool new_session,
-                                             int process_group, int umask) {
+                                             int process_group, int umask, std::optional<std::vector<gid_t>> groups,
+                                             std::optional<gid_t> gid, std::optional<uid_t> uid) {
   SpawnRequest request;
   request.argv = std::move(argv);
   request.exec_paths = std::move(exec_paths);
@@ -57,6 +58,9 @@ std::tuple<int, int, std::string, int> spawn(std::vector<std::string> argv, std:
   request.new_session = new_session;
   request.process_group = process_group;
   request.umask = umask;
+  request.groups = std::move(groups);
+  request.gid = gid;
+  request.uid = uid;
 
   SpawnResult result;
   {

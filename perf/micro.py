@@ -283,7 +283,7 @@ def print_table(results, loops, errors, skipped):
         for b, per in results.items()
     }
     head = ["benchmark"] + [f"{l} ops/s" for l in loops]
-    head += ["shardloop/uvloop", "shardloop/asyncio"]
+    head += ["shardloop/rloop", "shardloop/uvloop", "shardloop/asyncio"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for b, per in best.items():
@@ -296,7 +296,7 @@ def print_table(results, loops, errors, skipped):
             else:
                 cells.append(fmt_ops(per.get(l)))
         s = per.get("shardloop")
-        cells += [fmt_ratio(s, per.get("uvloop")), fmt_ratio(s, per.get("asyncio"))]
+        cells += [fmt_ratio(s, per.get(ref)) for ref in ("rloop", "uvloop", "asyncio")]
         print("| " + " | ".join([b] + cells) + " |")
 
 

@@ -6,7 +6,7 @@ import os
 import sys
 import textwrap
 
-REFERENCES = ("uvloop", "asyncio")
+REFERENCES = ("rloop", "uvloop", "asyncio")
 COLORS = {"shardloop": "#d62728", "uvloop": "#1f77b4", "asyncio": "#7f7f7f",
           "shardloop native": "#d62728", "plain C epoll": "#7f7f7f", "Go": "#17becf", "Node.js": "#2ca02c"}
 # For columns without a colour of their own (shard counts, interpreters).

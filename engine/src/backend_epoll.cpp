@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <new>
+#include <utility>
 
 #include "shardloop/loop.hpp"
 #include "shardloop/stream.hpp"
@@ -62,31 +63,61 @@ int Stream::epoll_flush() noexcept {
   return 0;
 }
 
+// libuv reports readiness inside its poll; asyncio runs a transport's read
+// and write handlers as ready-queue entries, after the callbacks that were
+// ready before the poll and before the due timers. So the events join the
+// iteration through the loop's I/O queue (Loop::call_io), once per stream.
 void Stream::on_poll(uv_poll_t* handle, int status, int events) {
   auto* self = static_cast<Stream*>(handle->data);
   if (self->closed()) return;
+  if (status < 0) self->polled_status_ = status;
+  self->polled_events_ |= events;
+  if (self->poll_queued_) return;
+  try {
+    self->loop_.call_io(Work{&Stream::run_poll_events, self});
+    self->poll_queued_ = true;
+  } catch (...) {
+    // No room in the queue: handled now, as before the queue existed.
+    self->loop_.resume();
+    self->handle_poll_events(std::exchange(self->polled_status_, 0), std::exchange(self->polled_events_, 0));
+  }
+}
+
+// The stream's memory outlives a queued entry: libuv's close callback
+// leaves the release to this entry when it is still queued (close_handle).
+void Stream::run_poll_events(void* ctx, bool run) noexcept {
+  auto* self = static_cast<Stream*>(ctx);
+  self->poll_queued_ = false;
+  const int status = std::exchange(self->polled_status_, 0);
+  const int events = std::exchange(self->polled_events_, 0);
+  if (self->uv_close_done_) return self->handle_closed();  // may free it
+  if (!run || self->closed()) return;
   self->loop_.resume();
-  if (status < 0) return self->epoll_poll_error();
-  if (events & (UV_READABLE | UV_DISCONNECT)) self->epoll_readable(events & UV_DISCONNECT);
-  if (!(events & UV_WRITABLE) || self->closed()) return;
-  const std::size_t before = self->queued();
-  int rc = self->epoll_flush();
+  self->handle_poll_events(status, events);
+}
+
+void Stream::handle_poll_events(int status, int events) noexcept {
+  if (status < 0) return epoll_poll_error();
+  if (events & (UV_READABLE | UV_DISCONNECT)) epoll_readable(events & UV_DISCONNECT);
+  if (!(events & UV_WRITABLE) || closed()) return;
+  const std::size_t before = queued();
+  int rc = epoll_flush();
   if (rc != 0) {
-    self->watching_ = -1;  // re-evaluated below
-    self->report_write(rc);
-    if (!self->closed()) self->epoll_watch();
+    watching_ = -1;  // re-evaluated below
+    report_write(rc);
+    if (!closed()) epoll_watch();
     return;
   }
   // Progress first (an owner closing after its queue drains waits for
   // queued == 0), then a pending shutdown, as on the ring.
-  if (self->queued() != before) self->report_write(0);
-  if (self->closed()) return;
-  if (self->queued() == 0 && self->shutdown_pending_) {
-    int sr = self->shutdown_sent_ ? self->shutdown_status_ : (::shutdown(self->fd_, SHUT_WR) == 0 ? 0 : -errno);
-    self->finish_shutdown(sr);
-    if (self->closed()) return;
+  if (queued() != before) report_write(0);
+  if (closed()) return;
+  if (queued() == 0 && shutdown_pending_) {
+    int sr = shutdown_sent_ ? shutdown_status_ : (::shutdown(fd_, SHUT_WR) == 0 ? 0 : -errno);
+    finish_shutdown(sr);
+    if (closed()) return;
   }
-  self->epoll_watch();
+  epoll_watch();
 }
 
 // `hangup`: the peer has shut down its side, so a short read is followed

@@ -124,7 +124,8 @@ Ring::Ring(Loop& loop) : loop_(loop) {
 Ring::~Ring() { release(); }
 
 void Ring::release() noexcept {
-  io_uring_queue_exit(&ring_);
+  if (!exited_) io_uring_queue_exit(&ring_);
+  exited_ = true;
   if (efd_ >= 0) ::close(efd_);
   if (bufs_) ::munmap(bufs_, std::size_t(kBuffers) * kBufferSize);
   if (br_) ::munmap(br_, sizeof(io_uring_buf) * kBuffers);
@@ -219,7 +220,7 @@ void Ring::probe_once() {
 }
 
 io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
-  if (orphaned_) return &scratch_;
+  if (orphaned_ || exited_) return &scratch_;
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
   while (s == nullptr) {
     // Full: hand what is queued to the kernel. When it refuses because
@@ -241,7 +242,7 @@ void Ring::orphan() noexcept {
 }
 
 void Ring::mark_dirty(Stream* stream) {
-  if (stream->send_dirty || orphaned_) return;
+  if (stream->send_dirty || orphaned_ || exited_) return;
   dirty_.push_back(stream);
   stream->send_dirty = true;
 }
@@ -338,7 +339,7 @@ bool Ring::dispatch() noexcept {
 }
 
 bool Ring::flush() noexcept {
-  if (orphaned_) return false;
+  if (orphaned_ || exited_) return false;
   // Streams closed since they were marked skip themselves; their memory
   // lives until their close completion, which comes after this.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->submit_send();
@@ -351,7 +352,7 @@ bool Ring::flush() noexcept {
   return dispatch();
 }
 
-bool Ring::busy() const noexcept { return !orphaned_ && (live_ != 0 || !dirty_.empty()); }
+bool Ring::busy() const noexcept { return !orphaned_ && !exited_ && (live_ != 0 || !dirty_.empty()); }
 
 void Ring::on_event(uv_poll_t* handle, int, int) {
   auto* self = static_cast<Ring*>(handle->data);
@@ -367,6 +368,11 @@ void Ring::on_event(uv_poll_t* handle, int, int) {
 void Ring::drain() noexcept {
   dirty_.clear();
   if (orphaned_) return;
+  if (exited_) {
+    // abandon(): nothing will complete; each stream unlinks itself.
+    while (streams_ != nullptr) streams_->abandon_ring();
+    return;
+  }
   // Every stream has closed and cancelled what it had in flight; each
   // cancellation completes promptly. A bound, in case one never does:
   // then those streams' memory is left, never touched.
@@ -381,7 +387,42 @@ void Ring::drain() noexcept {
   }
 }
 
+void Ring::link(Stream* stream) noexcept {
+  stream->ring_next = streams_;
+  if (streams_) streams_->ring_prev = stream;
+  streams_ = stream;
+}
+
+void Ring::unlink(Stream* stream) noexcept {
+  if (stream->ring_prev) stream->ring_prev->ring_next = stream->ring_next;
+  if (stream->ring_next) stream->ring_next->ring_prev = stream->ring_prev;
+  if (streams_ == stream) streams_ = stream->ring_next;
+  stream->ring_prev = stream->ring_next = nullptr;
+}
+
+void Ring::abandon() noexcept {
+  // An orphaned ring (fork child) is the parent's: never touched.
+  if (orphaned_ || exited_) return;
+  dirty_.clear();
+  cqes_.clear();
+  // Closing the ring's fd cancels every request in it; none is issued
+  // again (the submitter thread is not running the loop), so the streams'
+  // buffers are no longer the kernel's.
+  io_uring_queue_exit(&ring_);
+  exited_ = true;
+  live_ = 0;
+}
+
 // ---- Stream on the ring ---------------------------------------------------
+
+void Stream::abandon_ring() noexcept {
+  ring_->unlink(this);
+  inflight_ = 0;
+  recv_armed_ = send_inflight_ = false;
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  if (closed()) handle_closed();  // may delete this
+}
 
 void Stream::on_completion(unsigned op, int res, unsigned flags, const char* data) noexcept {
   if (op != kRecv || !(flags & IORING_CQE_F_MORE)) --inflight_;
@@ -405,6 +446,7 @@ void Stream::on_completion(unsigned op, int res, unsigned flags, const char* dat
   if (closed() && inflight_ == 0) {
     // Nothing of this stream is left in the kernel: the fd can go, and
     // with it (once released) the memory.
+    ring_->unlink(this);
     ::close(fd_);
     fd_ = -1;
     handle_closed();  // may delete this

@@ -1,11 +1,21 @@
 // The cross-thread inbox: moodycamel's lock-free MPMC queue, drained in bulk
-// by the loop thread only.
+// by its owner thread only, behind the gate that makes closing it safe.
+// One type for both places work arrives from foreign threads: a Loop's
+// call_soon_threadsafe and a Runtime shard's posts from non-shard threads.
+//
+// The gate: writers announce themselves before looking at `closed`; close()
+// sets `closed` and then waits for the announced writers. So no push lands
+// in a queue that its owner has started to settle, and nothing a writer
+// touches after its push (the wake-up of a sleeping owner) is freed under it.
 #pragma once
 
 #include <concurrentqueue/concurrentqueue.h>
 
+#include <atomic>
 #include <cstddef>
+#include <limits>
 #include <new>
+#include <thread>
 
 #include "shardloop/work.hpp"
 
@@ -20,32 +30,80 @@ struct InboxTraits : moodycamel::ConcurrentQueueDefaultTraits {
 
 class Inbox {
  public:
-  // Throws std::bad_alloc when the queue cannot grow: the caller still owns
-  // `work` and must hear that it was not queued.
-  void push(const Work& work) {
+  // Any thread. False when the inbox is closed (`work` untouched). Throws
+  // std::bad_alloc when the queue cannot grow: the caller still owns `work`
+  // and must hear that it was not queued. `wake` runs after the push, while
+  // this writer is still announced, so it may touch what close() guards.
+  template <typename Wake>
+  bool push(const Work& work, Wake&& wake) {
+    Announced announced{writers_};
+    if (closed_.load(std::memory_order_seq_cst)) return false;
     if (!queue_.enqueue(work)) throw std::bad_alloc();
+    pending_.store(true, std::memory_order_release);
+    wake();
+    return true;
   }
+
+  // Any thread: runs `fn` unless the inbox is closed, as a writer would.
+  template <typename Fn>
+  void if_open(Fn&& fn) {
+    Announced announced{writers_};
+    if (!closed_.load(std::memory_order_seq_cst)) fn();
+  }
+
+  // Refuses pushes from now on, and returns once the writers that got past
+  // the gate before are done. Idempotent.
+  void close() noexcept {
+    closed_.store(true, std::memory_order_seq_cst);
+    while (writers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  }
+  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
+
+  // Raised by every push: cheap to look at each iteration, unlike the queue.
+  bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
+  const std::atomic<bool>& pending_flag() const noexcept { return pending_; }
+  // The queue itself, for a pusher whose flag is not up yet.
   bool maybe_nonempty() const { return queue_.size_approx() != 0; }
 
+  // Owner thread: hands up to `limit` items to `sink` in queue order and
+  // returns how many. The flag is cleared first (a push racing with the
+  // drain raises it again) and raised again when the limit cut the drain
+  // short. `sink` may throw (out of memory while queueing): what was taken
+  // out but not handed over is discarded (its owner released), not leaked.
   template <typename Sink>
-  void drain(Sink&& sink) {
+  std::size_t drain(Sink&& sink, std::size_t limit = std::numeric_limits<std::size_t>::max()) {
+    pending_.store(false, std::memory_order_relaxed);
     Work batch[64];
-    std::size_t n;
-    while ((n = queue_.try_dequeue_bulk(batch, 64)) != 0) {
+    std::size_t taken = 0, n;
+    while (taken < limit && (n = queue_.try_dequeue_bulk(batch, 64)) != 0) {
+      taken += n;
       std::size_t i = 0;
       try {
         for (; i < n; ++i) sink(batch[i]);
       } catch (...) {
-        // Out of memory while queueing: what was taken out but not queued
-        // is discarded (its owner is released) rather than leaked.
         for (; i < n; ++i) batch[i].discard();
         throw;
       }
     }
+    if (taken >= limit) pending_.store(true, std::memory_order_relaxed);
+    return taken;
   }
 
  private:
+  // Released on every way out of a writer, a failed push's throw included:
+  // close() waits for this count.
+  struct Announced {
+    std::atomic<int>& writers;
+    explicit Announced(std::atomic<int>& w) : writers(w) { writers.fetch_add(1, std::memory_order_seq_cst); }
+    ~Announced() { writers.fetch_sub(1, std::memory_order_release); }
+  };
+
   moodycamel::ConcurrentQueue<Work, InboxTraits> queue_;
+  std::atomic<int> writers_{0};
+  std::atomic<bool> closed_{false};
+  // Its own cache line: written by every push, read by the owner each
+  // iteration.
+  alignas(64) std::atomic<bool> pending_{false};
 };
 
 }  // namespace shardloop

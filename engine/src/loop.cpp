@@ -45,7 +45,7 @@ struct CurrentGuard {
 
 }  // namespace
 
-Loop::Loop() : inbox_(std::make_unique<Inbox>()) {
+Loop::Loop() : inbox_(std::make_unique<Inbox>()), inbox_pending_(&inbox_->pending_flag()) {
   check_uv(uv_loop_init(&uv_), "uv_loop_init");
   uv_.data = this;
   prepare_.data = check_.data = async_.data = deadline_.data = idle_.data = signal_poll_.data = this;
@@ -131,21 +131,20 @@ bool Loop::call_soon_threadsafe(Work work) {
     call_soon(work);
     return true;
   }
-  inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
-  // Released on every way out, the bad_alloc of a failed push included:
-  // close() waits for this count.
-  struct Announced {
-    std::atomic<int>& writers;
-    ~Announced() { writers.fetch_sub(1, std::memory_order_release); }
-  } announced{inbox_writers_};
-  if (closed_.load(std::memory_order_seq_cst)) return false;
-  inbox_->push(work);  // throws std::bad_alloc rather than lose the work
-  inbox_pending_.store(true, std::memory_order_release);
-  // Pairs with the fence in on_prepare: either the loop sees this work
-  // before it sleeps, or this thread sees it asleep and wakes it.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
-  return true;
+  // Refused once close() began; throws std::bad_alloc rather than lose
+  // the work.
+  return inbox_->push(work, [this] {
+    // Pairs with the fence in on_prepare: either the loop sees this work
+    // before it sleeps, or this thread sees it asleep and wakes it.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
+  });
+}
+
+void Loop::wake() noexcept {
+  // Behind the inbox's gate, which close() shuts before the async handle
+  // goes: libuv aborts on an async handle sent to after its loop closed.
+  inbox_->if_open([this] { uv_async_send(&async_); });
 }
 
 bool Loop::call_soon_threadsafe(std::function<void()> fn) {
@@ -239,7 +238,7 @@ void Loop::run_once() {
   // keeps on_prepare from blocking (it looks at the queue itself), so it
   // is drained on the next iteration; an empty moodycamel drain costs
   // ~40 instructions an iteration.
-  if (inbox_pending_.load(std::memory_order_acquire)) drain_inbox();
+  if (inbox_->pending()) drain_inbox();
   if (feeder_.drain) {
     feeder_.drain(feeder_.ctx);
     if (aborting_) return;
@@ -255,14 +254,19 @@ void Loop::run_once() {
   // Readiness callbacks (call_io) run after the batch, before the timers,
   // as asyncio appends select()'s handles to its ready queue: what they
   // schedule waits for the next iteration, after the next poll.
+  // Streams' read/write handlers are readiness callbacks too (Stream::on_poll).
   const std::size_t io = io_ready_.size();
-  const bool run_queued_now = io_queued && batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now);
+  const bool run_queued_now =
+      (io_queued || io != 0) && batch == 0 && !stopping_ && (timers_.empty() || timers_.top_when() > now);
   if (!io_queued) batch = ready_.size();
   if (run_queued_now) {
-    // This iteration is two: the one whose poll ran the I/O callbacks (its
-    // readiness callbacks with it), then the one after an empty poll.
-    batch = ready_.size();
+    // This iteration is two: the one whose poll found the I/O (its
+    // readiness callbacks run here), then the one after an empty poll,
+    // which runs what the I/O callbacks queued, unless one of them stopped
+    // the loop (that ends the first).
     if (io != 0 && !run_io(io)) return;
+    if (stopping_) return;
+    batch = ready_.size();
   }
   for (std::size_t n = batch; n > 0 && !ready_.empty(); --n) {
     ready_.pop_front().run();
@@ -320,8 +324,6 @@ bool Loop::must_poll() noexcept {
 }
 
 void Loop::drain_inbox() {
-  // Cleared before draining: a push racing with the drain sets it again.
-  inbox_pending_.store(false, std::memory_order_relaxed);
   inbox_->drain([this](const Work& work) { ready_.push_back(work); });
 }
 
@@ -416,6 +418,9 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
   char buf[256];
   ssize_t n;
   while ((n = ::read(self->signal_fds_[0], buf, sizeof buf)) > 0) {
+    for (ssize_t i = 0; i < n && self->signals_read_count_ < kMaxSignalsRead; ++i) {
+      self->signals_read_[self->signals_read_count_++] = static_cast<unsigned char>(buf[i]);
+    }
     // Best effort, as CPython's own handler writes the wakeup fd: the
     // displaced fd is non-blocking (set_wakeup_fd demands it), and a full
     // buffer already tells its owner that signals arrived.
@@ -423,6 +428,12 @@ void Loop::on_signal_readable(uv_poll_t* handle, int, int) noexcept {
     }
   }
   self->call_hook(self->hooks_.on_signal);
+}
+
+std::string Loop::take_signals() {
+  std::string taken(reinterpret_cast<const char*>(signals_read_), signals_read_count_);
+  signals_read_count_ = 0;
+  return taken;
 }
 
 int Loop::signal_wakeup_fd() {
@@ -498,7 +509,11 @@ void Loop::close() {
   if (is_closed()) return;
   if (running_) throw std::logic_error("Cannot close a running event loop");
   closed_.store(true, std::memory_order_seq_cst);
-  while (inbox_writers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  inbox_->close();
+  // Only the ring's own thread may submit to it or wait on it, and Python
+  // may close a loop from another thread than the one that ran it: there
+  // the ring is torn down before any stream closes (see Ring::abandon).
+  if (ring_ && ring_thread_ != std::this_thread::get_id()) ring_->abandon();
   // Discarded work may try to schedule more; the loop is marked closed
   // first, so that is refused instead of queued behind the drain.
   discard_pending();

@@ -125,6 +125,12 @@ int place(int source, int target) {
   if (r.umask >= 0) umask(static_cast<mode_t>(r.umask));
   if (r.new_session && setsid() < 0) child_fail(report, SpawnStage::setup, errno);
   if (r.process_group >= 0 && setpgid(0, r.process_group) < 0) child_fail(report, SpawnStage::setup, errno);
+  // Raw system calls, in _posixsubprocess's order (see process.hpp).
+  if (r.groups && syscall(SYS_setgroups, r.groups->size(), r.groups->empty() ? nullptr : r.groups->data()) < 0) {
+    child_fail(report, SpawnStage::setup, errno);
+  }
+  if (r.gid && syscall(SYS_setregid, *r.gid, *r.gid) < 0) child_fail(report, SpawnStage::setup, errno);
+  if (r.uid && syscall(SYS_setreuid, *r.uid, *r.uid) < 0) child_fail(report, SpawnStage::setup, errno);
   if (r.close_fds) close_all_but(r.keep_fds, p.max_fd);
 
   // As os._execvpe: the first error other than "not there" is the one

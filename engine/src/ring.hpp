@@ -59,8 +59,18 @@ class Ring {
   // Operations in flight or sends waiting: the loop must go through a
   // poll (where flush() runs) rather than skip it.
   bool busy() const noexcept;
-  // At loop close: waits until no operation is in flight.
+  // At loop close: waits until no operation is in flight (after
+  // abandon(): closes every stream's fd at once).
   void drain() noexcept;
+  // At loop close on a thread other than the ring's, which the kernel
+  // refuses to take submissions or waits from (SINGLE_ISSUER: EEXIST),
+  // before the streams close: the ring is torn down, which cancels what it
+  // had in flight; operations are then prepared into a scratch entry.
+  void abandon() noexcept;
+  // Streams whose fd is still open on this ring (linked through
+  // Stream::ring_prev/ring_next), for abandon().
+  void link(Stream* stream) noexcept;
+  void unlink(Stream* stream) noexcept;
   // In a fork child: the ring's memory is shared with the parent, so this
   // process must never submit to it or reap from it again. Operations are
   // then prepared into a scratch entry and never complete: a stream closed
@@ -98,6 +108,8 @@ class Ring {
   std::string setup_name_;
   bool event_pending_ = false;
   bool orphaned_ = false;
+  bool exited_ = false;  // io_uring_queue_exit done (abandon)
+  Stream* streams_ = nullptr;
   io_uring_sqe scratch_{};
 };
 

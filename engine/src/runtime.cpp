@@ -9,8 +9,7 @@
 #include <string>
 #include <thread>
 
-#include <concurrentqueue/concurrentqueue.h>
-
+#include "inbox.hpp"
 #include "shardloop/clock.hpp"
 #include "shardloop/spsc_queue.hpp"
 
@@ -57,10 +56,10 @@ struct Runtime::Shard {
   // incoming[p]: from shard p, allocated by shard p on its first message
   // (nullptr until then); only shard p pushes, only this shard pops.
   std::unique_ptr<std::atomic<SpscQueue<Work>*>[]> incoming;
-  alignas(64) std::atomic<bool> foreign_pending{false};
-  std::atomic<int> foreign_writers{0};
+  // From threads that are not shards; closed when the shard stops taking
+  // work (detach, abandon), as `state` leaves kRunning.
+  Inbox foreign;
   std::atomic<std::uint64_t> wakeups{0};
-  moodycamel::ConcurrentQueue<Work> foreign;
   Runtime* rt = nullptr;
   // Shard thread only: when the current idle-polling window began (< 0:
   // none open).
@@ -120,7 +119,7 @@ Runtime::~Runtime() {
   // every shard refuses more (a discarded request's reply is refused too).
   for (unsigned s = 0; s < count_; ++s) shards_[s].state.store(kClosed, std::memory_order_seq_cst);
   for (unsigned s = 0; s < count_; ++s) {
-    while (shards_[s].foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    shards_[s].foreign.close();
     drain(shards_[s], false);
   }
   for (unsigned s = 0; s < count_; ++s)
@@ -191,22 +190,9 @@ bool Runtime::post_from_shard(Shard& from, Shard& to, Work work) {
 }
 
 bool Runtime::post_foreign(Shard& to, Work work) {
-  // Writers announce themselves before looking at the state; detach() sets
-  // the state and then waits for announced writers, so nothing lands in a
-  // queue after the shard has started settling it.
-  to.foreign_writers.fetch_add(1, std::memory_order_seq_cst);
-  if (to.state.load(std::memory_order_seq_cst) != kRunning) {
-    to.foreign_writers.fetch_sub(1, std::memory_order_release);
-    return false;
-  }
-  bool ok = to.foreign.enqueue(work);
-  if (ok) {
-    to.foreign_pending.store(true, std::memory_order_release);
-    wake(to);
-  }
-  to.foreign_writers.fetch_sub(1, std::memory_order_release);
-  if (!ok) throw std::bad_alloc();
-  return true;
+  // Refused once the shard started settling its queues (detach) or left
+  // (abandon); throws std::bad_alloc rather than lose the work.
+  return to.foreign.push(work, [&] { wake(to); });
 }
 
 bool Runtime::post(unsigned target, Work work) {
@@ -235,18 +221,13 @@ std::size_t Runtime::drain(Shard& sh, bool run) noexcept {
     else
       n += q->drain([](const Work& w) { w.discard(); });
   }
-  // Looked at before the exchange: a locked instruction every iteration
-  // is what a busy shard would otherwise pay for an empty queue.
-  if (sh.foreign_pending.load(std::memory_order_relaxed) && sh.foreign_pending.exchange(false, std::memory_order_acq_rel)) {
-    Work batch[64];
-    std::size_t got, taken = 0;
-    while (taken < kForeignBatch && (got = sh.foreign.try_dequeue_bulk(batch, 64)) != 0) {
-      taken += got;
-      for (std::size_t i = 0; i < got; ++i) run ? batch[i].run() : batch[i].discard();
-    }
-    // Possibly more: look again next time (and do not block meanwhile).
-    if (taken >= kForeignBatch) sh.foreign_pending.store(true, std::memory_order_relaxed);
-    n += taken;
+  // At most a batch: a flood from outside must not starve the shard's own
+  // work; the flag stays up for the rest (and the shard does not block).
+  if (sh.foreign.pending()) {
+    if (run)
+      n += sh.foreign.drain([](const Work& w) { w.run(); }, kForeignBatch);
+    else
+      n += sh.foreign.drain([](const Work& w) { w.discard(); }, kForeignBatch);
   }
   return n;
 }
@@ -258,7 +239,7 @@ void Runtime::feed(void* ctx) noexcept {
 }
 
 bool Runtime::has_work(const Shard& sh) noexcept {
-  if (sh.foreign_pending.load(std::memory_order_relaxed)) return true;
+  if (sh.foreign.pending()) return true;
   const unsigned count = sh.rt->count_;
   for (unsigned p = 0; p < count; ++p) {
     const SpscQueue<Work>* q = sh.incoming[p].load(std::memory_order_acquire);
@@ -379,7 +360,7 @@ void Runtime::detach() {
   // The loop has returned: it is not asleep, whatever an abort left behind.
   sh.sleeping.store(false, std::memory_order_seq_cst);
   sh.state.store(kDraining, std::memory_order_seq_cst);
-  while (sh.foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  sh.foreign.close();
   while (round(drain(sh, false) != 0)) {
   }
   sh.state.store(kClosed, std::memory_order_seq_cst);
@@ -418,7 +399,7 @@ void Runtime::abandon() {
   // Refused from here on, as after detach(); announced foreign writers
   // finish first, so nothing lands behind the drain below.
   sh.state.store(kClosed, std::memory_order_seq_cst);
-  while (sh.foreign_writers.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+  sh.foreign.close();
   drain(sh, false);
   leave(sh, loop);
   // The shutdown rounds count the shards still attached: without this one,

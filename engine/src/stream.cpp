@@ -43,6 +43,7 @@ Stream* Stream::open(Loop& loop, int fd, const Callbacks& callbacks, Kind kind) 
   Ring* ring = loop.ring();
   if (ring != nullptr && kind == Kind::kSocket && Loop::current() == &loop) {
     self->ring_ = ring;
+    ring->link(self);
     return self;
   }
   int rc = self->epoll_open();
@@ -195,7 +196,17 @@ void Stream::close_handle() noexcept {
     uring_close();
     return;
   }
-  OwnedHandle::close_handle();  // uv_close: out of epoll now
+  // uv_close: out of epoll now. An entry still in the loop's I/O queue
+  // points here: it releases the memory when it runs (or is discarded).
+  poll_.data = this;
+  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), [](uv_handle_t* h) {
+    auto* self = static_cast<Stream*>(h->data);
+    if (self->poll_queued_) {
+      self->uv_close_done_ = true;
+    } else {
+      self->handle_closed();
+    }
+  });
   ::close(fd_);
   fd_ = -1;
 }

@@ -86,9 +86,9 @@ def new_event_loop(*, shards: int | None = 1, pin: bool = False, io_uring: bool 
     shutdown_timeout = _check_shutdown_timeout(shutdown_timeout)
     loop = _make_loop(mode)
     if count > 1:
-        from ._shards import Runtime
+        from ._shards import ShardGroup
         try:
-            Runtime(count, pin=pin, shutdown_timeout=shutdown_timeout).start(
+            ShardGroup(count, pin=pin, shutdown_timeout=shutdown_timeout).start(
                 loop, _functools.partial(_make_loop, mode))
         except BaseException:
             loop.close()

@@ -11,7 +11,7 @@ import io
 import os
 import socket
 import weakref
-from asyncio import base_events
+from asyncio import base_events, futures
 from asyncio.exceptions import SendfileNotAvailableError
 from typing import Any, Callable
 
@@ -19,6 +19,11 @@ try:
     import ssl
 except ImportError:  # pragma: no cover - Python built without ssl
     ssl = None  # type: ignore[assignment]
+
+
+# What create_future() makes (shardloop._core._set_asyncio_types): a native
+# sock_* call returns one only when it has to wait.
+_Future = futures.Future
 
 
 def _fileobj_to_fd(fileobj: Any) -> int:
@@ -39,26 +44,6 @@ def _check_socket(sock: Any) -> None:
         raise TypeError("Socket cannot be of type SSLSocket")
     if sock.gettimeout() != 0:
         raise ValueError("the socket must be non-blocking")
-
-
-def _call_method(sock: socket.socket, method: Any, *args: Any) -> Any:
-    """sock.<method>(*args) by name, or method(sock, *args)."""
-    if method.__class__ is str:
-        return getattr(sock, method)(*args)
-    return method(sock, *args)
-
-
-def _accept_nonblocking(sock: socket.socket) -> tuple:
-    conn, address = sock.accept()
-    conn.setblocking(False)
-    return conn, address
-
-
-def _connect_result(sock: socket.socket, address: Any) -> None:
-    # Writable after a non-blocking connect: SO_ERROR says how it ended.
-    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if err != 0:
-        raise OSError(err, f"Connect call failed {address}")
 
 
 class _SendfileJob:
@@ -176,17 +161,91 @@ class FdIOMixin:
     def remove_writer(self, fd: Any) -> bool:
         return self._remove_writer(self._watched_fileno(fd))
 
-    # -- sock_*: try at once; if the kernel says "later", wait for readiness.
+    # -- sock_*: native (bindings/sock_ops.cpp). Each _sock_* call tries the
+    # system call at once and returns its result; only when the kernel says
+    # "later" does it return a future, which the engine completes when the
+    # socket is ready; _sock_wait awaits it and forgets a cancelled wait at
+    # once (else at the socket's next event). A call that completes at once
+    # costs no second coroutine. The callers hold _sock_wait's coroutine, not
+    # the future, while they wait: a failed call's error then reaches the
+    # caller without a reference cycle through its traceback's frames.
 
-    async def _sock_io(self, sock: socket.socket, readable: bool, method: Any, *args: Any) -> Any:
-        _check_socket(sock)
+    _sock_recv: Callable[..., Any]
+    _sock_recv_into: Callable[..., Any]
+    _sock_recvfrom: Callable[..., Any]
+    _sock_recvfrom_into: Callable[..., Any]
+    _sock_sendto: Callable[..., Any]
+    _sock_sendall: Callable[..., Any]
+    _sock_accept: Callable[..., Any]
+    _sock_connect: Callable[..., Any]
+    _sock_forget: Callable[[Any, Any], None]
+
+    async def _sock_wait(self, sock: socket.socket, fut: asyncio.Future) -> Any:
         try:
-            return _call_method(sock, method, *args)
-        except (BlockingIOError, InterruptedError):
-            pass
-        # Looked up again on each retry, as asyncio does: the socket's
-        # method may be replaced while the call waits.
-        return await self._retry_when_ready(sock.fileno(), readable, _call_method, (sock, method) + args)
+            return await fut
+        except BaseException:
+            self._sock_forget(sock, fut)
+            fut = None  # type: ignore[assignment]  # no cycle through the traceback
+            raise
+
+    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
+        r = self._sock_recv(sock, n)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
+
+    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
+        r = self._sock_recv_into(sock, buf)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
+
+    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple:
+        r = self._sock_recvfrom(sock, bufsize)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
+
+    async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple:
+        r = self._sock_recvfrom_into(sock, buf, nbytes)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
+
+    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
+        r = self._sock_sendto(sock, data, address)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
+
+    async def sock_accept(self, sock: socket.socket) -> tuple:
+        r = self._sock_accept(sock)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)  # from here the future is only in its frame
+            r = await r
+        return r
+
+    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
+        r = self._sock_sendall(sock, data)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)
+            await r
+
+    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
+        _check_socket(sock)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            address = await self._resolve_for(sock, address)
+        r = self._sock_connect(sock, address)
+        if r.__class__ is _Future:
+            r = self._sock_wait(sock, r)
+            await r
+
+    # -- sock_sendfile waits for writability the asyncio way (add_writer).
 
     async def _retry_when_ready(self, fd: int, readable: bool, op: Callable[..., Any], args: tuple) -> Any:
         self._ensure_fd_no_transport(fd, fd)
@@ -221,69 +280,6 @@ class FdIOMixin:
         # the watch belongs to someone else now.
         if not handle.cancelled():
             (self._remove_reader if readable else self._remove_writer)(fd)
-
-    async def sock_recv(self, sock: socket.socket, n: int) -> bytes:
-        return await self._sock_io(sock, True, "recv", n)
-
-    async def sock_recv_into(self, sock: socket.socket, buf: Any) -> int:
-        return await self._sock_io(sock, True, "recv_into", buf)
-
-    async def sock_recvfrom(self, sock: socket.socket, bufsize: int) -> tuple:
-        return await self._sock_io(sock, True, "recvfrom", bufsize)
-
-    async def sock_recvfrom_into(self, sock: socket.socket, buf: Any, nbytes: int = 0) -> tuple:
-        return await self._sock_io(sock, True, "recvfrom_into", buf, nbytes)
-
-    async def sock_sendto(self, sock: socket.socket, data: Any, address: Any) -> int:
-        return await self._sock_io(sock, False, "sendto", data, address)
-
-    async def sock_accept(self, sock: socket.socket) -> tuple:
-        return await self._sock_io(sock, True, _accept_nonblocking)
-
-    async def sock_sendall(self, sock: socket.socket, data: Any) -> None:
-        _check_socket(sock)
-        view = memoryview(data).cast("B")
-        try:
-            sent = sock.send(view)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        if sent == len(view):
-            return
-        fd = sock.fileno()
-        self._ensure_fd_no_transport(fd, fd)
-        fut = self.create_future()
-        progress = [sent]
-        handle = self._add_writer(fd, self._sock_sendall_ready, fut, sock, view, progress)
-        fut.add_done_callback(functools.partial(self._sock_io_done, fd, False, handle))
-        await fut
-
-    @staticmethod
-    def _sock_sendall_ready(fut: asyncio.Future, sock: socket.socket, view: memoryview, progress: list) -> None:
-        if fut.done():
-            return
-        try:
-            progress[0] += sock.send(view[progress[0]:])
-            if progress[0] == len(view):
-                fut.set_result(None)
-        except (BlockingIOError, InterruptedError):
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            fut.set_exception(exc)
-        finally:
-            fut = None  # type: ignore[assignment]  # the error's traceback holds this frame: no cycle
-
-    async def sock_connect(self, sock: socket.socket, address: Any) -> None:
-        _check_socket(sock)
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            address = await self._resolve_for(sock, address)
-        try:
-            sock.connect(address)
-            return
-        except (BlockingIOError, InterruptedError):
-            pass
-        await self._retry_when_ready(sock.fileno(), False, _connect_result, (sock, address))
 
     async def _resolve_for(self, sock: socket.socket, address: Any) -> Any:
         host, port = address[:2]

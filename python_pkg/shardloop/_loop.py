@@ -457,3 +457,8 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 _core._set_asyncio_types(futures.Future, tasks.Task)
+try:
+    import ssl
+except ImportError:  # pragma: no cover - Python built without ssl
+    ssl = None  # type: ignore[assignment]
+_core._set_socket_types(socket.socket, getattr(ssl, "SSLSocket", None))

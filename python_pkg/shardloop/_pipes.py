@@ -17,17 +17,15 @@ import logging
 import os
 import select
 import stat
-import warnings
 from asyncio import transports
 from typing import Any
 
 from . import _core
-from ._transport_rules import PausableReads
+from ._transport_rules import PausableReads, TransportBase
 
 logger = logging.getLogger("asyncio")
 
 # asyncio warns after this many writes to a lost pipe.
-_LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
@@ -52,7 +50,7 @@ def _no_op(*args: Any) -> None:
     pass
 
 
-class _PipeTransport:
+class _PipeTransport(TransportBase):
     """What both directions share: the kind check, the native stream and
     the order of closing."""
 
@@ -107,19 +105,8 @@ class _PipeTransport:
     def _state(self) -> str:
         return "open"
 
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if self._pipe is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._release()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def is_closing(self) -> bool:
-        return self._closing
+    def _owns_resource(self) -> bool:
+        return self._pipe is not None
 
     def _release(self) -> None:
         if self._stream is not None:
@@ -273,9 +260,7 @@ class WritePipeTransport(_PipeTransport, transports._FlowControlMixin, transport
         if not data:
             return
         if self._conn_lost or self._closing:
-            if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("pipe closed by peer or os.write(pipe, data) raised exception.")
-            self._conn_lost += 1
+            self._drop_write_after_lost("pipe closed by peer or os.write(pipe, data) raised exception.")
             return
         try:
             if self._unpollable:

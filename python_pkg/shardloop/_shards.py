@@ -85,7 +85,12 @@ class ShardStopped(RuntimeError):
     """The target shard stopped before the submitted call finished."""
 
 
-class Runtime:
+class ShardGroup:
+    """The Python side of one sharded runtime: a loop per shard, the shard
+    threads, and their shutdown. Messages between shards go through the
+    engine's runtime (``self.native``, a ``_core.Runtime``): this class adds
+    only what needs Python -- the asyncio loops, task clean-up, warnings."""
+
     def __init__(self, shards: int, *, pin: bool = False,
                  shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT) -> None:
         self.count = shards
@@ -258,11 +263,11 @@ def _finish_tasks(loop: Any) -> None:
         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
 
-def runtime_of(loop: Any) -> Runtime | None:
+def runtime_of(loop: Any) -> ShardGroup | None:
     return getattr(loop, "_shard_runtime", None)
 
 
-def _running_runtime() -> tuple[Any, Runtime | None]:
+def _running_runtime() -> tuple[Any, ShardGroup | None]:
     loop = asyncio.get_running_loop()
     return loop, runtime_of(loop)
 
@@ -294,7 +299,7 @@ class _RemoteCall:
 
     __slots__ = ("runtime", "caller", "shard", "fn", "args", "future", "task")
 
-    def __init__(self, here: Any, runtime: Runtime, shard: int, fn: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, here: Any, runtime: ShardGroup, shard: int, fn: Callable[..., Any], args: tuple) -> None:
         self.runtime = runtime
         self.caller = here._shard_index
         self.shard = shard
@@ -364,7 +369,7 @@ async def submit_to(shard: int, fn: Callable[..., Any], /, *args: Any) -> Any:
     return await _send(here, runtime, shard, fn, args)
 
 
-def _send(here: Any, runtime: Runtime, shard: int, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
+def _send(here: Any, runtime: ShardGroup, shard: int, fn: Callable[..., Any], args: tuple) -> asyncio.Future:
     """The future of ``fn(*args)`` run on another shard (failed with
     ShardStopped at once when that shard takes no more work). A plain
     function, not a coroutine: one frame less per call for gather()."""
@@ -496,7 +501,7 @@ class ShardMixin:
     """Mixed into shardloop.Loop, ahead of the TCP mixin: on a runtime with
     several shards, create_server(..., reuse_port=True) serves on every shard."""
 
-    _shard_runtime: Runtime | None = None
+    _shard_runtime: ShardGroup | None = None
     _shard_index = 0
 
     async def create_server(self, protocol_factory: Callable[..., Any], host: Any = None, port: Any = None,

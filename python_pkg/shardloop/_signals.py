@@ -1,11 +1,13 @@
 """OS signals: add_signal_handler / remove_signal_handler.
 
-asyncio's loop reads signal numbers back from its wakeup fd. shardloop's
-native loop only drains its wakeup fd and then runs the Python-level
-handlers (PyErr_CheckSignals), so each handled signal gets a Python handler
-that queues the callback with call_soon_threadsafe: that is safe wherever the
-interpreter happens to run the handler, and the callback itself runs later as
-an ordinary loop callback, never in the signal handler."""
+As on asyncio's loop, a handled signal gets a Python-level handler that does
+nothing but make CPython write the signal's number to the wakeup fd; the
+native loop reads those numbers (Loop::take_signals) and calls
+_handle_signal for each, which queues the callback. So, as on asyncio's loop,
+a callback still hears its signal when other code has replaced the
+Python-level handler with signal.signal() since (uvicorn's Server does, and
+restores it afterwards), and the callback runs as an ordinary loop callback,
+never in the signal handler."""
 
 from __future__ import annotations
 
@@ -14,24 +16,14 @@ import logging
 import signal
 import sys
 import warnings
-import weakref
 from asyncio import coroutines, events
 from typing import Any, Callable
 
 logger = logging.getLogger("asyncio")
 
 
-def _make_dispatcher(loop: Any) -> Callable[[int, Any], None]:
-    # Weak: the signal module must not keep an unclosed loop alive; the
-    # loop's __del__ closes it, and close() gives the signals back.
-    ref = weakref.ref(loop)
-
-    def dispatch(signum: int, frame: Any) -> None:
-        target = ref()
-        if target is not None:
-            target._deliver_signal(signum)
-
-    return dispatch
+def _sighandler_noop(signum: int, frame: Any) -> None:
+    """Only there so that CPython catches the signal and writes the wakeup fd."""
 
 
 class SignalMixin:
@@ -48,12 +40,6 @@ class SignalMixin:
     def _has_signal_handlers(self) -> bool:
         return bool(self.__dict__.get("_signal_handlers"))
 
-    def _signal_dispatcher(self) -> Callable[[int, Any], None]:
-        dispatch = self.__dict__.get("_signal_dispatch")
-        if dispatch is None:
-            dispatch = self.__dict__["_signal_dispatch"] = _make_dispatcher(self)
-        return dispatch
-
     def add_signal_handler(self, sig: int, callback: Callable[..., Any], *args: Any) -> None:
         if coroutines.iscoroutine(callback) or coroutines.iscoroutinefunction(callback):
             raise TypeError("coroutines cannot be used with add_signal_handler()")
@@ -69,7 +55,7 @@ class SignalMixin:
         table = self._signal_handler_table()
         table[sig] = events.Handle(callback, args, self, None)
         try:
-            signal.signal(sig, self._signal_dispatcher())
+            signal.signal(sig, _sighandler_noop)
             # SA_RESTART, as asyncio sets: fewer EINTRs in blocking calls.
             signal.siginterrupt(sig, False)
         except OSError as exc:
@@ -110,9 +96,9 @@ class SignalMixin:
         except (ValueError, OSError) as exc:
             logger.info("set_wakeup_fd(-1) failed: %s", exc)
 
-    def _deliver_signal(self, sig: int) -> None:
-        # Runs as a Python-level signal handler, in the main thread, wherever
-        # the interpreter was: it must only queue, and never raise.
+    def _handle_signal(self, sig: int) -> None:
+        # Called by the native loop for each signal number read from the
+        # wakeup fd (bindings/loop_object.cpp, check_signals).
         handle = self.__dict__.get("_signal_handlers", {}).get(sig)
         if handle is None:
             return

@@ -5,9 +5,9 @@ child is started by the engine (engine/src/process.cpp): vfork() and
 execve() in C, the outcome of the exec read from memory shared with the
 child. Popen's own start reads an error pipe with os.read() until the child
 has exec'd, on the loop thread. Every other part of Popen (argument checks,
-the pipes, the cleanup when the start fails, poll/kill) is Popen's, and the
-arguments that need fork() (preexec_fn, user, group, extra_groups) keep
-Popen's own start. The child's pipes are shardloop's pipe transports.
+the pipes, the cleanup when the start fails, poll/kill) is Popen's; user,
+group and extra_groups are set by the engine too, and only preexec_fn (Python
+code in the child, which needs fork()) keeps Popen's own start. The child's pipes are shardloop's pipe transports.
 
 Exit is seen without a child watcher: a pidfd polled by the loop, then
 waitid() on that pidfd, so no other thread's children are reaped, no SIGCHLD
@@ -52,9 +52,8 @@ class _Popen(subprocess.Popen):
                        p2cread: int, p2cwrite: int, c2pread: int, c2pwrite: int, errread: int, errwrite: int,
                        restore_signals: bool, gid: Any, gids: Any, uid: Any, umask: int,
                        start_new_session: bool, process_group: int) -> None:
-        if preexec_fn is not None or uid is not None or gid is not None or gids is not None:
-            # Python code in the child needs fork(), and changing identity in
-            # a child that shares the parent's memory is unsafe: Popen's path.
+        if preexec_fn is not None:
+            # Python code in the child needs fork(): Popen's path.
             return super()._execute_child(  # type: ignore[misc]
                 args, executable, preexec_fn, close_fds, pass_fds, cwd, env, startupinfo, creationflags,
                 shell, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite, restore_signals, gid, gids,
@@ -100,7 +99,7 @@ class _Popen(subprocess.Popen):
         pid, error, stage, status = _core._spawn(
             argv, exec_paths, env_list, cwd_bytes, (p2cread, c2pwrite, errwrite), (p2cwrite, c2pread, errread),
             sorted(set(map(int, pass_fds))), bool(close_fds), bool(restore_signals), bool(start_new_session),
-            process_group, umask)
+            process_group, umask, None if gids is None else list(gids), gid, uid)
         if stage == "fork":
             raise OSError(error, os.strerror(error))
         self.pid = pid

@@ -10,17 +10,15 @@ import errno
 import logging
 import os
 import socket
-import warnings
 from asyncio import constants, trsock
 from typing import Any
 
 from . import _core
-from ._transport_rules import fatal_error
+from ._transport_rules import TransportBase, fatal_error
 
 logger = logging.getLogger("asyncio")
 
 # asyncio warns after this many writes to a lost connection.
-_LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
 
 
 def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
@@ -28,7 +26,7 @@ def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
         fut.set_result(result)
 
 
-class TcpTransport(asyncio.Transport):
+class TcpTransport(TransportBase, asyncio.Transport):
     _start_tls_compatible = True  # loop.start_tls() accepts it
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE  # loop.sendfile(): os.sendfile
 
@@ -128,22 +126,20 @@ class TcpTransport(asyncio.Transport):
         state = "closed" if self._sock is None else ("closing" if self._closing else "open")
         return f"<TcpTransport {state} fd={self._sock.fileno() if self._sock else -1}>"
 
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._release_socket()
+    def _owns_resource(self) -> bool:
+        return self._sock is not None
+
+    def _release(self) -> None:
+        self._release_socket()
 
     # -- protocol ----------------------------------------------------------
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
+        super().set_protocol(protocol)
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         # Plain protocols get their bytes from the native read callback.
         fast_read = None if self._buffered else getattr(protocol, "data_received", None)
         self._stream.set_fast_paths(fast_read, self._data_received_failed, self._write, self._pause_protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
 
     # -- reading -----------------------------------------------------------
 
@@ -271,9 +267,7 @@ class TcpTransport(asyncio.Transport):
         if not data:
             return
         if self._conn_lost:
-            if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
+            self._drop_write_after_lost("socket.send() raised exception.")
             return
         try:
             queued = self._stream.write(data)
@@ -359,9 +353,6 @@ class TcpTransport(asyncio.Transport):
             })
 
     # -- closing -----------------------------------------------------------
-
-    def is_closing(self) -> bool:
-        return self._closing
 
     def close(self) -> None:
         if self._closing:

@@ -1,14 +1,48 @@
-"""Rules every shardloop transport shares with asyncio's: pausing reads and
-what a fatal error does. A transport using this provides _start_reading,
-_stop_reading and _force_close, and the attributes _loop, _protocol,
-_closing and _paused."""
+"""Rules every shardloop transport shares with asyncio's: the base of every
+transport (protocol, closing state, the unclosed-transport warning, writes
+after the connection is lost), pausing reads, and what a fatal error does.
+A transport using these provides _start_reading, _stop_reading,
+_force_close, _owns_resource and _release, and the attributes _loop,
+_protocol, _closing, _paused and _conn_lost."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import warnings
 from typing import Any
 
 logger = logging.getLogger("asyncio")
+
+# asyncio's constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES: writes after the
+# connection was lost are dropped silently this many times, then logged.
+LOG_THRESHOLD_FOR_CONNLOST_WRITES = 5
+
+
+class TransportBase:
+    """Listed first among a transport's bases: asyncio's transport ABCs
+    define these methods to raise NotImplementedError."""
+
+    def set_protocol(self: Any, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self: Any) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def is_closing(self: Any) -> bool:
+        return self._closing
+
+    def __del__(self: Any, _warn: Any = warnings.warn) -> None:
+        if self._owns_resource():
+            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
+            self._release()
+
+    def _drop_write_after_lost(self: Any, warning: str) -> None:
+        """A write after the connection was lost (or the transport closed):
+        dropped, and logged once asyncio's threshold is passed."""
+        if self._conn_lost >= LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+            logger.warning(warning)
+        self._conn_lost += 1
 
 
 class PausableReads:

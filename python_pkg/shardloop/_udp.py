@@ -15,13 +15,12 @@ import socket
 import stat
 import sys
 import threading
-import warnings
 from asyncio import transports, trsock
 from typing import Any, Callable
 
 from . import _core
-from ._transport import _LOG_THRESHOLD_FOR_CONNLOST_WRITES, _set_result_unless_cancelled
-from ._transport_rules import PausableReads, fatal_error
+from ._transport import _set_result_unless_cancelled
+from ._transport_rules import PausableReads, TransportBase, fatal_error
 
 logger = logging.getLogger("asyncio")
 
@@ -204,7 +203,7 @@ class DatagramMixin:
             exceptions = []  # no cycle through the traceback
 
 
-class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.DatagramTransport):
+class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMixin, asyncio.DatagramTransport):
     """asyncio's datagram transport contract on the loop's fd watchers."""
 
     max_size = _MAX_SIZE
@@ -260,22 +259,12 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
             info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
 
-    def __del__(self, _warn: Any = warnings.warn) -> None:
-        if self._sock is not None:
-            _warn(f"unclosed transport {self!r}", ResourceWarning, source=self)
-            self._sock.close()
-            self._sock = None
+    def _owns_resource(self) -> bool:
+        return self._sock is not None
 
-    # -- protocol ----------------------------------------------------------
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def is_closing(self) -> bool:
-        return self._closing
+    def _release(self) -> None:
+        self._sock.close()
+        self._sock = None
 
     # pause_writing()/resume_writing() too run in the transport's context,
     # whoever sent.
@@ -335,9 +324,7 @@ class DatagramTransport(PausableReads, transports._FlowControlMixin, asyncio.Dat
         if self._conn_lost:
             # asyncio only counts these on a connected transport and lets an
             # unconnected one fail on its closed socket; both just drop here.
-            if self._conn_lost >= _LOG_THRESHOLD_FOR_CONNLOST_WRITES:
-                logger.warning("socket.send() raised exception.")
-            self._conn_lost += 1
+            self._drop_write_after_lost("socket.send() raised exception.")
             return
         if not self._buffer:
             if self._send_now(data, addr) != _BLOCKED:

@@ -1,14 +1,15 @@
-// Stream on both I/O backends: reads, pause/resume, the write queue's
-// order under back-pressure, a peer's reset, closing with operations in
-// flight, and (io_uring) running out of provided buffers.
+// Stream on both I/O backends, what they share: reads, pause/resume, the
+// write queue's order under back-pressure, a peer's reset, closing with
+// operations in flight, many streams at once (on io_uring more than the
+// ring has provided buffers). Each backend's own behaviour is tested in
+// backend_epoll_test.cpp and backend_uring_test.cpp, the choice of one in
+// io_backend_test.cpp.
 #include <gtest/gtest.h>
 
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <functional>
-#include <system_error>
 #include <thread>
 #include <memory>
 #include <string>
@@ -17,87 +18,16 @@
 #include "../../engine/src/ring.hpp"
 #include "shardloop/loop.hpp"
 #include "shardloop/stream.hpp"
-#include "test_support.hpp"
+#include "stream_support.hpp"
 
 namespace {
 
-using shardloop::IoBackend;
-using shardloop::Loop;
 using shardloop::Stream;
-using shardloop_test::Watchdog;
+using shardloop_test::Events;
 
-// What a stream reported, in order.
-struct Events {
-  std::string data;
-  std::vector<int> statuses;  // read statuses (UV_EOF, errors)
-  std::vector<int> writes;    // on_write statuses
-  std::vector<int> shutdowns;
-  int closes = 0;
-  std::function<void()> on_data;  // runs after each data delivery
-
-  static Stream::Callbacks callbacks(Events* e) {
-    return Stream::Callbacks{
-        e,
-        [](void* ctx, const char* data, ssize_t n) noexcept {
-          auto* self = static_cast<Events*>(ctx);
-          if (n > 0) {
-            self->data.append(data, static_cast<std::size_t>(n));
-            if (self->on_data) self->on_data();
-          } else {
-            self->statuses.push_back(static_cast<int>(n));
-          }
-        },
-        [](void* ctx, int status, std::size_t) noexcept { static_cast<Events*>(ctx)->writes.push_back(status); },
-        [](void* ctx, int status) noexcept { static_cast<Events*>(ctx)->shutdowns.push_back(status); },
-        [](void* ctx) noexcept { ++static_cast<Events*>(ctx)->closes; },
-    };
-  }
-};
-
-class StreamTest : public ::testing::TestWithParam<bool> {
+class StreamTest : public ::testing::TestWithParam<bool>, public shardloop_test::StreamHarness {
  protected:
-  void SetUp() override {
-    if (GetParam()) ASSERT_TRUE(loop_.set_io_backend(IoBackend::kIoUring, true));
-  }
-
-  // Runs the loop: `step` is called once per iteration (from a callback)
-  // until it returns true.
-  void run_until(std::function<bool()> step, const char* what) {
-    Watchdog dog(what, 20);
-    struct Ctx {
-      Loop* loop;
-      std::function<bool()> step;
-      static void fn(void* p, bool run) noexcept {
-        auto* c = static_cast<Ctx*>(p);
-        if (!run) return;
-        if (c->step())
-          c->loop->stop();
-        else
-          c->loop->call_soon(shardloop::Work{&Ctx::fn, c});
-      }
-    } ctx{&loop_, std::move(step)};
-    loop_.call_soon(shardloop::Work{&Ctx::fn, &ctx});
-    loop_.run();
-  }
-  void iterations(int n) {
-    run_until([&n] { return --n <= 0; }, "iterations");
-  }
-  // A stream on one end of a socketpair opened on the loop's thread (so
-  // an io_uring loop gives it the ring); the other end is returned.
-  int open_pair(Stream** out, Events* events) {
-    int fds[2];
-    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
-    run_until(
-        [&] {
-          *out = Stream::open(loop_, fds[0], Events::callbacks(events));
-          return true;
-        },
-        "open");
-    EXPECT_EQ((*out)->uses_ring(), GetParam());
-    return fds[1];
-  }
-
-  Loop loop_;
+  void SetUp() override { use_ring(GetParam()); }
 };
 
 TEST_P(StreamTest, ReadsThenEof) {
@@ -307,24 +237,5 @@ TEST_P(StreamTest, MoreReadersThanBuffers) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, StreamTest, ::testing::Values(false, true),
                          [](const ::testing::TestParamInfo<bool>& info) { return info.param ? "io_uring" : "epoll"; });
-
-// The fallback, by really making ring setup fail: a child process whose
-// seccomp filter refuses io_uring_setup with EPERM, as container runtimes'
-// default profiles do.
-TEST(IoBackend, StrictFailsAndDefaultFallsBackWhenRingsAreRefused) {
-  EXPECT_TRUE(shardloop_test::in_child_without_io_uring([] {
-    Loop loop;
-    bool strict_threw = false;
-    try {
-      loop.set_io_backend(IoBackend::kIoUring, true);
-    } catch (const std::system_error& e) {
-      strict_threw = e.code().value() == EPERM && std::string(e.what()).find("io_uring_setup") != std::string::npos;
-    }
-    Loop other;
-    const bool fell_back = !other.set_io_backend(IoBackend::kIoUring, false) &&
-                           other.io_backend() == IoBackend::kEpoll && !other.io_fallback_reason().empty();
-    return strict_threw && fell_back;
-  }));
-}
 
 }  // namespace

@@ -4,7 +4,8 @@
 argv: soft|hard  CERT_FILE  KEY_FILE. The backend comes from
 SHARDLOOP_IO_URING. Runs a TCP echo (streams and protocols), a Unix-socket
 echo, a pipe echo (connect_read_pipe/connect_write_pipe) and a subprocess
-echo through cat, a UDP exchange with retries and a TLS echo, each on a new
+echo through cat, a UDP exchange with retries, a TLS echo and an echo over
+the sock_* calls, each on a new
 shardloop loop, and prints one JSON line: what each scenario moved or
 raised, the loop's exception-handler reports, the fds open before and after,
 and the shim's fault counts.
@@ -328,7 +329,61 @@ async def tls_streams():
     return got == data, len(got)
 
 
-SCENARIOS = [tcp_streams, tcp_protocol, unix_streams, pipe_pair, subprocess_cat, udp_exchange, tls_streams]
+async def sock_echo():
+    # The low-level calls (native in shardloop): a "later" the shim makes
+    # up, with data waiting, must be retried, and short sends continued.
+    loop = asyncio.get_running_loop()
+    data = payload(1 << 20, 7)
+    lst = socket.create_server(("127.0.0.1", 0))
+    lst.setblocking(False)
+    client = socket.socket()
+    client.setblocking(False)
+
+    # A side that fails closes its socket, as a transport would: an error
+    # the shim made up must not leave the other side waiting forever.
+    async def serve():
+        try:
+            conn, _ = await loop.sock_accept(lst)
+        except BaseException:
+            lst.close()  # resets the client's connection, still in the backlog
+            raise
+        with conn:
+            while chunk := await loop.sock_recv(conn, 65536):
+                await loop.sock_sendall(conn, chunk)
+            conn.shutdown(socket.SHUT_WR)
+
+    async def send():
+        try:
+            view = memoryview(data)
+            for i in range(0, len(data), 50_000):
+                await loop.sock_sendall(client, view[i:i + 50_000])
+            client.shutdown(socket.SHUT_WR)
+        except BaseException:
+            client.shutdown(socket.SHUT_RDWR)  # the reader below sees its end too
+            raise
+
+    server = asyncio.ensure_future(serve())
+    sender = None
+    try:
+        await loop.sock_connect(client, lst.getsockname())
+        sender = asyncio.ensure_future(send())
+        got = bytearray()
+        buf = bytearray(65536)
+        while n := await loop.sock_recv_into(client, buf):
+            got += buf[:n]
+        await sender
+        await server
+    finally:
+        for task in (server, sender):
+            if task is not None:
+                task.cancel()
+        client.close()
+        lst.close()
+    return bytes(got) == data, len(got)
+
+
+SCENARIOS = [tcp_streams, tcp_protocol, unix_streams, pipe_pair, subprocess_cat, udp_exchange, tls_streams,
+             sock_echo]
 ERRORS = []      # (where, exception type) from protocol callbacks
 HANDLER = []     # what reached the loop's exception handler
 

@@ -97,6 +97,35 @@ CASES = {
         still_works(loop, w, got)
         loop.close()
     """,
+    "sock_recv waiting across the fork": """
+        # The child's sock_* waits use an epoll set of its own: were it the
+        # parent's (shared through fork), the child dropping a socket it no
+        # longer waits on would take it out of the parent's set too.
+        loop = shardloop.new_event_loop({shards})
+        a, b = socket.socketpair()
+        a.setblocking(False)
+        task = loop.create_task(loop.sock_recv(a, 16))
+        loop.run_until_complete(asyncio.sleep(0))  # waiting now
+        pid = os.fork()
+        if pid == 0:
+            in_child_check()
+            c, d = socket.socketpair()
+            c.setblocking(False)
+            async def child():
+                loop.call_soon(d.send, b"c")
+                return await loop.sock_recv(c, 16)
+            if loop.run_until_complete(child()) != b"c":
+                os._exit(13)
+            task.cancel()  # the child's copy: it reads nothing
+            loop.run_until_complete(asyncio.sleep(0))
+            b.send(b"x")  # for the parent's wait
+            loop.run_until_complete(asyncio.sleep(0.05))
+            loop.close()
+            os._exit(0)
+        assert wait_child(pid) == 0
+        assert loop.run_until_complete(asyncio.wait_for(task, 30)) == b"x"
+        loop.close()
+    """,
     "subprocess with preexec_fn": """
         loop = shardloop.new_event_loop({shards})
         w, got = watch(loop)

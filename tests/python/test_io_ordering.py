@@ -83,3 +83,50 @@ def test_reader_runs_between_ready_callbacks_and_timers(loop):
     # Spelled out for the reader of this test (same_as_asyncio compares the rest).
     assert log[:3] == ["tick0", "reader", "timer"]
     assert log[3:6] == ["tick1", "scheduled by reader", "reader"]
+
+
+def stream_interleaving(loop):
+    """A stream transport's data, a callback queued the iteration before and
+    a due timer: asyncio runs the transport's read handler after what was
+    ready before the poll and before the timers."""
+    async def scenario():
+        a, b = socket.socketpair()
+        log = []
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data):
+                log.append(("data", data))
+
+            def eof_received(self):
+                log.append("eof")
+
+        transport, _ = await loop.connect_accepted_socket(Proto, a)
+        await asyncio.sleep(0.01)
+        done = loop.create_future()
+
+        def step(data, shut):
+            b.send(data)
+            if shut:
+                b.shutdown(socket.SHUT_WR)
+            loop.call_later(0, log.append, "timer")
+            loop.call_soon(log.append, "queued before")
+
+        loop.call_soon(step, b"x", False)
+        loop.call_later(0.05, step, b"y", True)
+        loop.call_later(0.1, done.set_result, None)
+        await done
+        transport.close()
+        b.close()
+        return log
+
+    return scenario()
+
+
+def test_stream_data_runs_after_the_callbacks_ready_before_the_poll(loop):
+    # shardloop ran data_received inside libuv's poll, before the callbacks
+    # queued in the previous iteration (issue 16, cause 6: websockets'
+    # keepalive tests rely on asyncio's order).
+    log = same_as_asyncio(loop, stream_interleaving)
+    # (asyncio's transport reads the EOF on its next read handler run.)
+    assert log == ["queued before", ("data", b"x"), "timer",
+                   "queued before", ("data", b"y"), "timer", "eof"]

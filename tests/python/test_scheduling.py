@@ -3,6 +3,7 @@ call_at / call_soon_threadsafe), handles and contexts."""
 
 import asyncio
 import contextvars
+import math
 import random
 import time
 
@@ -557,3 +558,23 @@ def test_each_callback_gets_its_own_context_copy(loop):
     loop.call_soon(loop.stop)
     run_forever_bounded(loop)
     assert seen == [("a", "default"), ("b", "default")]
+
+
+def test_call_at_keeps_an_int_when(loop):
+    # asyncio's TimerHandle keeps what call_at was given: aiohttp rounds its
+    # timeouts up with math.ceil and its test_helpers checks the handle's
+    # _when is that int (it was a float on shardloop).
+    when = math.ceil(loop.time()) + 1000
+    handle = loop.call_at(when, lambda: None)
+    later = loop.call_later(2000.5, lambda: None)
+    try:
+        assert (type(handle.when()), type(handle._when)) == (int, int)
+        assert handle.when() == handle._when == when
+        assert (type(later.when()), type(later._when)) == (float, float)
+        as_float = loop.call_at(float(when), lambda: None)
+        as_float.cancel()
+        assert type(as_float.when()) is float and as_float.when() == when
+        assert handle < later and hash(handle) == hash(float(when))
+    finally:
+        handle.cancel()
+        later.cancel()

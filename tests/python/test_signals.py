@@ -201,6 +201,28 @@ def test_replacing_a_handler(loop):
     assert (first.calls, second.calls) == ([], [(2,)])
 
 
+def test_handler_still_runs_while_signal_signal_replaced_it(loop):
+    # uvicorn's Server.serve() swaps in its own handler with signal.signal()
+    # and restores the loop's afterwards (its test_server_interrupt). On
+    # asyncio's loop the callback still runs, from the signal number CPython
+    # writes to the wakeup fd; shardloop ran callbacks from its Python-level
+    # handler and lost this one.
+    rec, theirs = Recorder(loop), []
+    loop.add_signal_handler(signal.SIGUSR1, rec, "loop")
+    ours = signal.signal(signal.SIGUSR1, lambda signum, frame: theirs.append(signum))
+
+    async def main():
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await spin()
+        signal.signal(signal.SIGUSR1, ours)
+        await rec.next_call(1)
+        await settle()
+
+    run(loop, main(), BOUND)
+    assert theirs == [signal.SIGUSR1]
+    assert rec.calls == [("loop",)]
+
+
 def test_remove_signal_handler(loop):
     rec = Recorder(loop)
     assert current_wakeup_fd() == -1

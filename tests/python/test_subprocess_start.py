@@ -508,9 +508,41 @@ def test_preexec_fn_keeps_popens_start(loop, monkeypatch):
         == "set in child"
 
 
-def test_user_and_group_keep_popens_start(loop):
-    assert sh_output(loop, "id -u; id -g", user=os.getuid(), group=os.getgid()).split() == [
-        str(os.getuid()), str(os.getgid())]
+def test_user_group_and_extra_groups(loop):
+    groups = sorted(set(os.getgroups()))
+    uid, gid, all_groups = sh_output(loop, "id -u; id -g; id -G", user=os.getuid(), group=os.getgid(),
+                                     extra_groups=groups).split("\n")
+    assert (uid, gid) == (str(os.getuid()), str(os.getgid()))
+    assert set(map(int, all_groups.split())) == {os.getgid(), *groups}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing the child's user needs root")
+def test_user_group_and_extra_groups_change_identity(loop):
+    # 65534 is nobody/nogroup; the child must run with exactly those ids.
+    assert sh_output(loop, "id -u; id -g; id -G", user=65534, group=65534, extra_groups=[]).split() == [
+        "65534", "65534", "65534"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may set any user")
+def test_user_change_refused(loop):
+    async def main():
+        with pytest.raises(PermissionError):
+            await asyncio.create_subprocess_exec("true", user=os.getuid() + 1)
+
+    run(loop, main())
+    assert zombie_children() == []
+
+
+def test_user_and_group_start_under_blockbuster(loop):
+    blockbuster = pytest.importorskip("blockbuster")
+    # anyio's test_user_group_arguments: shardloop started children with
+    # user/group through Popen, whose os.read of its error pipe blocked the
+    # loop thread ("BlockingError: Blocking call to os.read"). asyncio's
+    # loop passes because blockbuster allows its subprocess_exec.
+    with blockbuster.blockbuster_ctx():
+        assert sh_output(loop, "id -u", user=os.getuid(), group=os.getgid(), extra_groups=[os.getgid()]) \
+            == str(os.getuid())
+    assert zombie_children() == []
 
 
 def test_preexec_fn_error(loop):

@@ -71,7 +71,7 @@ class Loop {
 
   // Loop thread only.
   void call_soon(Work work) {
-    if (inbox_pending_.load(std::memory_order_acquire)) drain_inbox();
+    if (inbox_pending_->load(std::memory_order_acquire)) drain_inbox();
     push_ready(work);
   }
   void call_soon(std::function<void()> fn) { call_soon(make_work(std::move(fn))); }
@@ -108,7 +108,7 @@ class Loop {
   bool is_running() const noexcept { return running_.load(std::memory_order_relaxed); }
   bool is_closed() const noexcept { return closed_.load(std::memory_order_acquire); }
   // Any thread: whether call_soon_threadsafe() work is (about to be) queued.
-  bool inbox_pending() const noexcept { return inbox_pending_.load(std::memory_order_acquire); }
+  bool inbox_pending() const noexcept { return inbox_pending_->load(std::memory_order_acquire); }
 
   // Discards pending work (each Work's fn is called with run=false), closes
   // every handle and the libuv loop. Throws std::logic_error while running.
@@ -120,14 +120,7 @@ class Loop {
   // Any thread, while the loop is open: ends a blocking poll.
   // Any thread, even once the loop is closed (then it does nothing): a
   // runtime abandoned by a shard (Runtime::abandon) may still wake it.
-  void wake() noexcept {
-    // Announced like call_soon_threadsafe's writers, which close() waits
-    // for after marking the loop closed: libuv aborts on an async handle
-    // sent to after its loop closed.
-    inbox_writers_.fetch_add(1, std::memory_order_seq_cst);
-    if (!closed_.load(std::memory_order_seq_cst)) uv_async_send(&async_);
-    inbox_writers_.fetch_sub(1, std::memory_order_release);
-  }
+  void wake() noexcept;
   // Libuv callbacks that may call into the embedder call this first: it
   // ends the wait (retaking the GIL) if the loop was blocked.
   void resume() noexcept {
@@ -144,6 +137,14 @@ class Loop {
   // the wakeup fd the loop displaced while it runs: its owner still hears
   // of every signal. Loop thread.
   void set_signal_forward_fd(int fd) noexcept { signal_forward_fd_ = fd; }
+  // The bytes read from the wakeup fd since the last call: CPython's signal
+  // handler writes one per signal caught, its number. asyncio's
+  // add_signal_handler dispatches on these (not on which Python-level
+  // handler is installed), so the Python binding takes them in
+  // Hooks::on_signal. At most kMaxSignalsRead are kept between two calls; a
+  // flood beyond that is dropped, as a full wakeup socket drops it. Loop thread.
+  std::string take_signals();
+  static constexpr std::size_t kMaxSignalsRead = 256;
   // In a child process after fork(): the loop gets its own epoll instance,
   // async eventfd and signal socketpair. What it inherited is shared with
   // the parent, so an epoll_ctl(DEL) at close() would remove the parent's
@@ -222,6 +223,8 @@ class Loop {
   uv_poll_t signal_poll_{};
   int signal_fds_[2] = {-1, -1};
   int signal_forward_fd_ = -1;
+  unsigned char signals_read_[kMaxSignalsRead] = {};
+  std::size_t signals_read_count_ = 0;
 
   RingQueue<Work> ready_;
   RingQueue<Work> io_ready_;  // call_io(): this iteration's readiness callbacks
@@ -234,10 +237,10 @@ class Loop {
   std::thread::id ring_thread_{};
   std::string io_fallback_;
   bool want_ring_ = false;
-  std::atomic<int> inbox_writers_{0};
-  // Set by writers after a push: lets the loop thread pull inbox work ahead
-  // of its own call_soon, so work another thread queued first runs first.
-  std::atomic<bool> inbox_pending_{false};
+  // The inbox's flag, raised by every push: lets the loop thread pull inbox
+  // work ahead of its own call_soon, so work another thread queued first
+  // runs first. A pointer so that the inline call_soon needs no Inbox.
+  const std::atomic<bool>* inbox_pending_;
   // Up while the loop may block in the kernel: only then does a cross-thread
   // push pay for a uv_async_send (a write syscall and a wake-up).
   std::atomic<bool> sleeping_{false};

@@ -6,8 +6,11 @@
 // the parent. So the outcome of the exec is known when the call returns,
 // with no read of an error pipe (which is what keeps subprocess.Popen's
 // caller waiting). The setup done in the child follows CPython's
-// _posixsubprocess for the arguments it supports; setting user or groups
-// and running code in the child need fork() and are not offered here.
+// _posixsubprocess for the arguments it supports; running code in the child
+// (preexec_fn) needs fork() and is not offered here. User and groups are
+// set with the raw system calls: glibc's setuid() & co. signal every thread
+// of the process to change theirs too, which a child sharing the parent's
+// memory must not do; the raw calls change the child's own credentials.
 #pragma once
 
 #include <sys/types.h>
@@ -38,6 +41,9 @@ struct SpawnRequest {
   bool new_session = false;     // setsid()
   pid_t process_group = -1;     // setpgid(0, process_group) when >= 0
   int umask = -1;               // umask() when >= 0
+  std::optional<std::vector<gid_t>> groups;  // setgroups() (extra_groups)
+  std::optional<gid_t> gid;                  // setregid(gid, gid) (group)
+  std::optional<uid_t> uid;                  // setreuid(uid, uid) (user)
 };
 
 // Which step failed, named as CPython's child reports it.
@@ -45,7 +51,7 @@ enum class SpawnStage {
   none,   // the child runs the program
   fork,   // vfork() itself failed: no child
   chdir,  // chdir(cwd)
-  setup,  // another step before the exec (descriptors, session, group)
+  setup,  // another step before the exec (descriptors, session, group, ids)
   exec,   // every execve() failed
 };
 

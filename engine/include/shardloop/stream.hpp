@@ -67,7 +67,12 @@ class Stream final : public OwnedHandle {
   void on_completion(unsigned op, int res, unsigned flags, const char* data = nullptr) noexcept;
   // Ring: turns what this iteration wrote into one send SQE.
   void submit_send() noexcept;
+  // Ring::abandon(): the ring is gone with whatever was in flight; the fd
+  // is closed now.
+  void abandon_ring() noexcept;
   bool send_dirty = false;
+  Stream* ring_prev = nullptr;  // Ring's list of its open streams
+  Stream* ring_next = nullptr;
 
  private:
   Stream(Loop& loop, int fd, const Callbacks& callbacks, Kind kind);
@@ -89,6 +94,8 @@ class Stream final : public OwnedHandle {
   void epoll_readable(bool hangup) noexcept;
   void epoll_poll_error() noexcept;
   static void on_poll(uv_poll_t* handle, int status, int events);
+  static void run_poll_events(void* ctx, bool run) noexcept;
+  void handle_poll_events(int status, int events) noexcept;
 
   // io_uring backend (backend_uring.cpp).
   void uring_arm_recv() noexcept;
@@ -112,6 +119,8 @@ class Stream final : public OwnedHandle {
   int shutdown_status_ = 0;  // what shutdown(2) returned, reported later (shutdown_sent_)
   int fd_;
   int watching_ = 0;  // epoll: the poll events asked of libuv
+  int polled_events_ = 0;  // epoll: reported by libuv, handled from the loop's I/O queue
+  int polled_status_ = 0;
   int inflight_ = 0;  // io_uring: operations whose completion is still due
   Kind kind_;
   bool reading_ = false;
@@ -122,6 +131,8 @@ class Stream final : public OwnedHandle {
   bool write_closed_ = false;
   bool write_failed_ = false;
   bool resume_queued_ = false;
+  bool poll_queued_ = false;     // epoll: run_poll_events is in the loop's I/O queue
+  bool uv_close_done_ = false;   // epoll: libuv closed the handle while poll_queued_
 };
 
 }  // namespace shardloop
