@@ -31,6 +31,7 @@ PyObject* kw_loop = nullptr;
 PyObject* kw_loop_name = nullptr;
 PyObject* kw_loop_context = nullptr;
 PyObject* kw_all = nullptr;
+PyObject* str_time = nullptr;  // "time", for loop_clock
 
 // --- engine hooks: the GIL is released only while the loop waits ---------
 
@@ -43,6 +44,40 @@ void reacquire_gil(void* ctx) {
   auto* self = static_cast<LoopObject*>(ctx);
   PyEval_RestoreThread(self->waiting_tstate);
   self->waiting_tstate = nullptr;
+}
+
+// Hooks::now: asyncio's _run_once judges timers by self.time(). Only when
+// Python code has replaced it (on the instance, as mock.patch.object does,
+// or in a subclass) is it called; otherwise the engine reads the clock
+// itself. What the replacement raises is reported, and the clock is used.
+double loop_clock(void* ctx) noexcept {
+  auto* self = static_cast<LoopObject*>(ctx);
+  auto* obj = reinterpret_cast<PyObject*>(self);
+  PyObject* name = str_time;
+  PyObject* fn = nullptr;
+  if (name != nullptr && Py_TYPE(obj)->tp_dictoffset != 0) {
+    PyObject* dict = PyObject_GenericGetDict(obj, nullptr);
+    if (dict != nullptr) {
+      fn = PyDict_GetItemWithError(dict, name);
+      Py_XINCREF(fn);
+      Py_DECREF(dict);
+    }
+  }
+  if (fn == nullptr && !PyErr_Occurred() && self->time_overridden && name != nullptr) fn = PyObject_GetAttr(obj, name);
+  double now = -1.0;
+  if (fn != nullptr) {
+    PyObject* r = PyObject_CallNoArgs(fn);
+    Py_DECREF(fn);
+    if (r != nullptr) {
+      now = PyFloat_AsDouble(r);
+      Py_DECREF(r);
+    }
+  }
+  if (PyErr_Occurred()) {
+    PyErr_WriteUnraisable(obj);
+    return monotonic_now();
+  }
+  return fn != nullptr ? now : monotonic_now();
 }
 
 void check_signals(void* ctx) {
@@ -619,7 +654,8 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
     set_error_from_cpp();
     return nullptr;
   }
-  self->engine->set_hooks(Loop::Hooks{self, &release_gil, &reacquire_gil, &check_signals});
+  self->time_overridden = _PyType_Lookup(Py_TYPE(self), str_time) != _PyType_Lookup(LoopType, str_time);
+  self->engine->set_hooks(Loop::Hooks{self, &release_gil, &reacquire_gil, &check_signals, &loop_clock});
   return reinterpret_cast<PyObject*>(self);
 }
 
@@ -770,7 +806,8 @@ int init_loop_type(PyObject* module) {
   kw_loop_name = Py_BuildValue("(ss)", "loop", "name");
   kw_loop_context = Py_BuildValue("(ss)", "loop", "context");
   kw_all = Py_BuildValue("(sss)", "loop", "name", "context");
-  if (!kw_loop || !kw_loop_name || !kw_loop_context || !kw_all) return -1;
+  str_time = PyUnicode_InternFromString("time");
+  if (!kw_loop || !kw_loop_name || !kw_loop_context || !kw_all || !str_time) return -1;
   LoopType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &loop_spec, nullptr));
   if (LoopType == nullptr) return -1;
   return PyModule_AddObjectRef(module, "Loop", reinterpret_cast<PyObject*>(LoopType));

@@ -23,6 +23,8 @@ struct LoopObject {
   double slow_callback_duration;
   PyObject* upcalls[kUpcallCount];  // see loop_upcalls.hpp
   bool debug;
+  // type(self).time is not _core.Loop.time (a subclass overrides it).
+  bool time_overridden;
   // Set (under the loop's critical section) when close() has decided to
   // close: from then on the loop counts as closed, so a run that another
   // thread starts while close() runs finalizers is refused, as in asyncio.

@@ -71,6 +71,8 @@ Loop::~Loop() {
 
 double Loop::time() const noexcept { return monotonic_now(); }
 
+double Loop::clock_now() const noexcept { return hooks_.now ? hooks_.now(hooks_.ctx) : monotonic_now(); }
+
 Loop* Loop::current() noexcept { return tls_current; }
 
 void Loop::report_error(std::exception_ptr error) noexcept {
@@ -199,7 +201,7 @@ void Loop::arm_deadline(bool& block) {
     uv_timer_stop(&deadline_);
     return;
   }
-  double delay = timers_.top_when() - monotonic_now();
+  double delay = timers_.top_when() - clock_now();
   if (delay <= 0) {
     block = false;
     return;
@@ -249,7 +251,7 @@ void Loop::run_once() {
   // it would overtake what I/O callbacks queued. An iteration with nothing
   // else to run runs what they queued now, as the next iteration with a
   // poll that found nothing: a wake-up costs one poll, not two.
-  const double now = timers_.empty() ? 0.0 : monotonic_now();
+  const double now = timers_.empty() ? 0.0 : clock_now();
   const std::uint64_t timer_limit = timers_.next_seq();
   // Readiness callbacks (call_io) run after the batch, before the timers,
   // as asyncio appends select()'s handles to its ready queue: what they

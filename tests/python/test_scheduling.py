@@ -6,6 +6,7 @@ import contextvars
 import math
 import random
 import time
+from unittest import mock
 
 import pytest
 
@@ -578,3 +579,24 @@ def test_call_at_keeps_an_int_when(loop):
     finally:
         handle.cancel()
         later.cancel()
+
+
+def test_timers_follow_a_replaced_loop_time(loop):
+    # asyncio's _run_once judges timers by self.time(): code that replaces
+    # loop.time (aiohttp's test_keepalive_expires_on_time patches it with
+    # mock.patch.object) moves them. shardloop read its own clock regardless.
+    async def main():
+        fired = []
+        real = loop.time()
+        loop.call_at(real + 1000, fired.append, "far")
+        with mock.patch.object(loop, "time", return_value=real + 1000.5):
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+        assert fired == ["far"]
+        # Unpatched again: the loop's own clock.
+        loop.call_later(0.01, fired.append, "near")
+        await asyncio.sleep(0.05)
+        return fired
+
+    # Not run(): its wait_for timer would be due under the patched clock too.
+    assert loop.run_until_complete(main()) == ["far", "near"]

@@ -40,6 +40,11 @@ class Loop {
     void (*after_wait)(void* ctx) = nullptr;
     // A signal was written to the wakeup fd (see signal_wakeup_fd()).
     void (*on_signal)(void* ctx) = nullptr;
+    // The clock due timers are judged by (nullptr: CLOCK_MONOTONIC). asyncio's
+    // _run_once asks self.time(), so code that replaces loop.time (a
+    // subclass, mock.patch, a virtual clock) moves timers; the Python
+    // binding answers with it then. Must not throw.
+    double (*now)(void* ctx) = nullptr;
   };
 
   // A source of work outside the loop (the Runtime's cross-shard queues),
@@ -247,6 +252,7 @@ class Loop {
 
   OwnedHandle* owned_ = nullptr;  // intrusive list of open engine handles
   Hooks hooks_{};
+  double clock_now() const noexcept;  // Hooks::now, else CLOCK_MONOTONIC
   Feeder feeder_{};
   std::function<void(std::exception_ptr)> error_handler_;
   std::atomic<bool> running_{false};
