@@ -548,6 +548,14 @@ PyObject* loop_pending_counts(LoopObject* self, PyObject*) {
                        static_cast<Py_ssize_t>(self->engine->timer_count()));
 }
 
+PyObject* get_fd_transports(LoopObject* self, void*) {
+  if (self->fd_transports == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "the loop is being finalized");
+    return nullptr;
+  }
+  return Py_NewRef(self->fd_transports);
+}
+
 PyObject* get_thread_id(LoopObject* self, void*) {
   if (self->thread_id == 0) Py_RETURN_NONE;
   return PyLong_FromUnsignedLong(self->thread_id);
@@ -624,6 +632,7 @@ PyGetSetDef loop_getset[] = {
     {"io_backend", reinterpret_cast<getter>(loop_get_io_backend), nullptr, "\"epoll\" or \"io_uring\"", nullptr},
     {"_task_factory", reinterpret_cast<getter>(get_task_factory), reinterpret_cast<setter>(set_task_factory),
      nullptr, nullptr},
+    {"_fd_transports", reinterpret_cast<getter>(get_fd_transports), nullptr, nullptr, nullptr},
     {"_thread_id", reinterpret_cast<getter>(get_thread_id), reinterpret_cast<setter>(set_thread_id), nullptr, nullptr},
     {"slow_callback_duration", reinterpret_cast<getter>(get_slow_callback_duration),
      reinterpret_cast<setter>(set_slow_callback_duration), nullptr, nullptr},
@@ -635,6 +644,11 @@ PyObject* loop_new(PyTypeObject* type, PyObject*, PyObject*) {
   if (self == nullptr) return nullptr;
   self->slow_callback_duration = 0.1;
   if (upcalls_resolve(self, type) < 0) {
+    Py_DECREF(self);
+    return nullptr;
+  }
+  self->fd_transports = PyDict_New();
+  if (self->fd_transports == nullptr) {
     Py_DECREF(self);
     return nullptr;
   }
@@ -667,6 +681,7 @@ int loop_traverse(LoopObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->pending_exception);
   Py_VISIT(self->task_factory);
   for (PyObject* fn : self->upcalls) Py_VISIT(fn);
+  Py_VISIT(self->fd_transports);
   if (int fd_rc = fd_watches_traverse(self->fd_watches, visit, arg)) return fd_rc;
   if (int sock_rc = sock_ops_traverse(self->sock_ops, visit, arg)) return sock_rc;
   int rc = 0;
@@ -718,6 +733,7 @@ void loop_dealloc(LoopObject* self) {
   // Not in loop_clear: a cleared loop that something still reaches may
   // call them again.
   for (PyObject*& fn : self->upcalls) Py_CLEAR(fn);
+  Py_CLEAR(self->fd_transports);
   type->tp_free(self);
   Py_DECREF(type);
 }

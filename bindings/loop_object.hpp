@@ -18,6 +18,10 @@ struct LoopObject {
   PyObject* task_factory;
   FdWatches* fd_watches;
   SockOps* sock_ops;  // the sock_* calls waiting for their socket
+  // {fd: weakref(transport)} for the fds transports own (`_fd_transports`,
+  // kept by the Python layer): asyncio refuses watches and sock_* waits on
+  // them. Native so a sock_* wait can see at no cost that it is empty.
+  PyObject* fd_transports;
   PyThreadState* waiting_tstate;
   unsigned long thread_id;      // owner thread while running, else 0
   double slow_callback_duration;

@@ -8,6 +8,7 @@ namespace {
 
 constexpr const char* kNames[kUpcallCount] = {
     "_create_task_slow", "_callback_error", "_log_slow_callback", "_handle_repr", "_extract_stack",
+    "_ensure_fd_no_transport",
 };
 
 }  // namespace

@@ -1,6 +1,6 @@
 // The methods the native loop calls upward into its Python class: declared
 // here, looked up once on the loop's class when the loop is created, and
-// called by vectorcall, instead of five attribute lookups by name spread
+// called by vectorcall, instead of attribute lookups by name spread
 // over the bindings. A subclass may override any of them; one that lacks
 // one cannot be created (TypeError naming it). _core.pyi documents them
 // as the LoopUpcalls protocol.
@@ -18,6 +18,7 @@ enum class Upcall {
   log_slow_callback,  // (handle, seconds) -> None: debug mode's slow-callback warning
   handle_repr,        // (handle) -> str
   extract_stack,      // () -> StackSummary: debug mode's source traceback
+  ensure_fd_no_transport,  // (fd, fileno) -> None: RuntimeError if a live transport owns fileno
   count,
 };
 constexpr int kUpcallCount = static_cast<int>(Upcall::count);

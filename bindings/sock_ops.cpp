@@ -8,6 +8,7 @@
 
 #include "fd_watch.hpp"
 #include "loop_object.hpp"
+#include "loop_upcalls.hpp"
 #include "shardloop/sock_op.hpp"
 
 namespace shardloop::py {
@@ -279,8 +280,6 @@ PyObject* str_gettimeout = nullptr;
 PyObject* str_done = nullptr;
 PyObject* str_set_result = nullptr;
 PyObject* str_set_exception = nullptr;
-PyObject* str_fd_transports = nullptr;
-PyObject* str_ensure_fd_no_transport = nullptr;
 PyObject* zero = nullptr;
 
 bool intern_names() {
@@ -290,11 +289,8 @@ bool intern_names() {
   str_done = PyUnicode_InternFromString("done");
   str_set_result = PyUnicode_InternFromString("set_result");
   str_set_exception = PyUnicode_InternFromString("set_exception");
-  str_fd_transports = PyUnicode_InternFromString("_fd_transports");
-  str_ensure_fd_no_transport = PyUnicode_InternFromString("_ensure_fd_no_transport");
   zero = PyLong_FromLong(0);
-  return str_fileno && str_gettimeout && str_done && str_set_result && str_set_exception && str_fd_transports &&
-         str_ensure_fd_no_transport && zero;
+  return str_fileno && str_gettimeout && str_done && str_set_result && str_set_exception && zero;
 }
 
 // sock.fileno() as an int, -1 for a closed socket; -2 with an error raised.
@@ -341,17 +337,11 @@ bool check_args(Py_ssize_t nargs, Py_ssize_t min, Py_ssize_t max, const char* na
 
 // asyncio refuses to wait on an fd that a live transport owns.
 bool check_no_transport(LoopObject* loop, int fd) {
-  PyObject* self = reinterpret_cast<PyObject*>(loop);
-  PyObject* owned = PyObject_GetAttr(self, str_fd_transports);
-  if (owned == nullptr) return false;
-  const bool any = PyDict_Check(owned) && PyDict_GET_SIZE(owned) != 0;
-  Py_DECREF(owned);
-  if (!any) return true;
+  if (loop->fd_transports == nullptr || PyDict_GET_SIZE(loop->fd_transports) == 0) return true;
   PyObject* fd_obj = PyLong_FromLong(fd);
   if (fd_obj == nullptr) return false;
-  PyObject* args[] = {self, fd_obj, fd_obj};
-  PyObject* r = PyObject_VectorcallMethod(str_ensure_fd_no_transport, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                          nullptr);
+  PyObject* args[] = {fd_obj, fd_obj};
+  PyObject* r = upcall(loop, Upcall::ensure_fd_no_transport, args, 2);
   Py_DECREF(fd_obj);
   Py_XDECREF(r);
   return r != nullptr;

@@ -50,10 +50,13 @@ class TimerHandle(Handle):
 #   _log_slow_callback(handle, seconds) -> None              (debug: slow callback)
 #   _handle_repr(handle) -> str
 #   _extract_stack() -> traceback.StackSummary               (debug: source traceback)
+#   _ensure_fd_no_transport(fd, fileno) -> None              (RuntimeError: a live transport owns it)
 LOOP_UPCALLS: tuple[str, ...]
 
 class Loop:
     slow_callback_duration: float
+    @property
+    def _fd_transports(self) -> dict[int, Any]: ...  # {fd: weakref to the transport owning it}
     _thread_id: int | None
     _task_factory: Callable[..., Any] | None
     @property

@@ -106,11 +106,10 @@ class FdIOMixin:
     _watched_fd: Callable[[Any], int | None]
     create_future: Callable[[], asyncio.Future]
 
-    # -- fds owned by transports: asyncio refuses watchers on them.
+    # -- fds owned by transports: asyncio refuses watchers on them. The dict
+    # is the native loop's (its sock_* waits check it), {fd: weakref}.
 
-    @functools.cached_property
-    def _fd_transports(self) -> dict[int, weakref.ref]:
-        return {}
+    _fd_transports: dict[int, weakref.ref]
 
     def _own_fd(self, fd: int, transport: Any) -> None:
         self._fd_transports[fd] = weakref.ref(transport)

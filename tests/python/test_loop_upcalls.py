@@ -13,13 +13,13 @@ pytestmark = requires_shardloop
 
 def test_shardloop_loop_defines_every_declared_upcall():
     from shardloop import _core
-    assert len(_core.LOOP_UPCALLS) == 5
+    assert len(_core.LOOP_UPCALLS) == 6
     for name in _core.LOOP_UPCALLS:
         assert callable(getattr(shardloop.Loop, name)), name
 
 
 @pytest.mark.parametrize("missing", ["_create_task_slow", "_callback_error", "_log_slow_callback",
-                                     "_handle_repr", "_extract_stack"])
+                                     "_handle_repr", "_extract_stack", "_ensure_fd_no_transport"])
 def test_a_class_lacking_an_upcall_cannot_be_created(missing):
     from shardloop import _core
     # Every upcall but one, on a bare subclass of the native core.
