@@ -1,4 +1,5 @@
 // The io_uring backend: the loop's Ring, and Stream's operations on it.
+#include <dlfcn.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -253,10 +254,25 @@ void Ring::recycle(unsigned bid) noexcept {
   io_uring_buf_ring_advance(br_, 1);
 }
 
+namespace {
+
+// The fault-injection seam: io_uring_enter cannot be interposed (liburing
+// makes the system call inline), so when tests/fault's shim is preloaded
+// it answers for the enter first: 0, or a negative errno standing for the
+// enter's result. Looked up once; absent in every other process.
+using EnterFault = int (*)();
+EnterFault enter_fault() noexcept {
+  static const EnterFault hook = reinterpret_cast<EnterFault>(dlsym(RTLD_DEFAULT, "shardloop_fault_uring_enter"));
+  return hook;
+}
+
+}  // namespace
+
 int Ring::submit(bool wait) noexcept {
   int rc;
   do {
     ++enters_;
+    if (EnterFault fault = enter_fault(); fault != nullptr && (rc = fault()) < 0) continue;
     rc = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
   } while (rc == -EINTR);
   return rc;
@@ -344,15 +360,22 @@ bool Ring::flush() noexcept {
   // lives until their close completion, which comes after this.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->submit_send();
   dirty_.clear();
-  if (io_uring_sq_ready(&ring_) != 0 || event_pending_) {
-    event_pending_ = false;
-    submit(false);
-  }
+  // An enter the kernel refused (EBUSY: completions backed up; EAGAIN) is
+  // retried by the next iteration's flush, which must then come without a
+  // blocking poll in between: nothing else would wake the loop for it. Its
+  // SQEs stay queued, and a wake-up it was to serve stays pending: with
+  // DEFER_TASKRUN the completions the eventfd announced are only posted by
+  // an enter, and the eventfd, already read, says nothing again (a hang
+  // that fault injection found, TLS streams on io_uring).
+  if ((io_uring_sq_ready(&ring_) != 0 || event_pending_) && submit(false) >= 0) event_pending_ = false;
   harvest();
-  return dispatch();
+  const bool retry = io_uring_sq_ready(&ring_) != 0 || event_pending_;
+  return dispatch() || retry;
 }
 
-bool Ring::busy() const noexcept { return !orphaned_ && !exited_ && (live_ != 0 || !dirty_.empty()); }
+bool Ring::busy() const noexcept {
+  return !orphaned_ && !exited_ && (live_ != 0 || !dirty_.empty() || event_pending_);
+}
 
 void Ring::on_event(uv_poll_t* handle, int, int) {
   auto* self = static_cast<Ring*>(handle->data);

@@ -53,8 +53,9 @@ class Ring {
   void recycle(unsigned bid) noexcept;
 
   // Prepares the dirty streams' sends, submits everything and dispatches
-  // the completions that are ready. Loop thread; true when any was
-  // dispatched (callbacks ran, so the loop should not block).
+  // the completions that are ready. Loop thread; true when the loop should
+  // not block: completions were dispatched (callbacks ran), or the kernel
+  // refused the submission (EBUSY, EAGAIN) and the next flush retries it.
   bool flush() noexcept;
   // Operations in flight or sends waiting: the loop must go through a
   // poll (where flush() runs) rather than skip it.

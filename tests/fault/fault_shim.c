@@ -56,11 +56,11 @@
 
 enum call {
   C_READ, C_WRITE, C_READV, C_WRITEV, C_RECV, C_RECVFROM, C_RECVMSG, C_SEND, C_SENDTO, C_SENDMSG,
-  C_ACCEPT, C_ACCEPT4, C_CONNECT, C_EPOLL_WAIT, C_EPOLL_PWAIT, C_COUNT
+  C_ACCEPT, C_ACCEPT4, C_CONNECT, C_EPOLL_WAIT, C_EPOLL_PWAIT, C_IO_URING_ENTER, C_COUNT
 };
 static const char* const call_names[C_COUNT] = {
   "read", "write", "readv", "writev", "recv", "recvfrom", "recvmsg", "send", "sendto", "sendmsg",
-  "accept", "accept4", "connect", "epoll_wait", "epoll_pwait"};
+  "accept", "accept4", "connect", "epoll_wait", "epoll_pwait", "io_uring_enter"};
 
 static uint64_t g_seed = 1;
 static double g_rate = 0.05;
@@ -403,6 +403,21 @@ int epoll_wait(int epfd, struct epoll_event* events, int maxevents, int timeout)
 int epoll_pwait(int epfd, struct epoll_event* events, int maxevents, int timeout, const sigset_t* mask) {
   if (decide_epoll(C_EPOLL_PWAIT, &maxevents) == F_ERROR) return -1;
   return real_epoll_pwait(epfd, events, maxevents, timeout, mask);
+}
+
+/* io_uring_enter cannot be interposed (liburing makes the system call
+ * inline), so the engine's ring asks this seam before each enter when the
+ * shim is loaded (Ring::submit looks it up with dlsym): 0 lets the enter
+ * happen, a negative errno stands for its result. EINTR (a signal), EBUSY
+ * (completions backed up) and EAGAIN (no memory for the request) are what
+ * io_uring_enter(2) lists for a submission that took nothing. */
+int shardloop_fault_uring_enter(void) {
+  if (atomic_load(&g_forked) || !atomic_load(&g_enabled)) return 0;
+  if (atomic_fetch_add(&g_calls, 1) < g_skip || uniform() >= g_rate) return 0;
+  atomic_fetch_add(&g_faults, 1);
+  atomic_fetch_add(&g_faults_of[C_IO_URING_ENTER], 1);
+  static const int errors[] = {EINTR, EBUSY, EAGAIN};
+  return -errors[next_random() % 3];
 }
 
 /* For the process under test (ctypes). */
