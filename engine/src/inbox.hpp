@@ -57,7 +57,6 @@ class Inbox {
     closed_.store(true, std::memory_order_seq_cst);
     while (writers_.load(std::memory_order_acquire) != 0) std::this_thread::yield();
   }
-  bool closed() const noexcept { return closed_.load(std::memory_order_acquire); }
 
   // Raised by every push: cheap to look at each iteration, unlike the queue.
   bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
