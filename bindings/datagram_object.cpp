@@ -28,7 +28,15 @@ struct DatagramObject {
   PyObject* on_write;           // on_write(OSError or None, datagrams still queued)
   PyObject* on_callback_error;  // on_callback_error(exc): one of the above raised
   PyObject* context;            // the transport's context; nullptr: the current one
+  // transport.sendto's common case is sendto_fast (see there); the rest
+  // goes to the transport's Python sendto.
+  PyObject* slow_sendto;      // the transport's full sendto(data, addr)
+  PyObject* on_send_error;    // on_send_error(OSError): the kernel refused a datagram at once
+  PyObject* on_queued;        // on_queued(): a datagram was queued (flow control)
   int family;
+  bool connected;   // sends go to the peer: the address must be None
+  bool send_empty;  // empty datagrams are sent (3.13), else dropped by the transport
+  bool fast_send;   // the transport is open and allows the fast path
   // An open socket keeps itself alive, as a selector's registration keeps
   // asyncio's transport: a protocol need not hold on to its transport.
   bool self_ref;
@@ -206,6 +214,8 @@ PyObject* dgram_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   return reinterpret_cast<PyObject*>(self);
 }
 
+bool open_now(DatagramObject* self) { return self->dgram != nullptr && !self->dgram->closed(); }
+
 bool usable(DatagramObject* self) {
   if (self->dgram == nullptr || self->dgram->closed()) {
     PyErr_SetString(PyExc_RuntimeError, "datagram socket is closed");
@@ -338,6 +348,80 @@ PyObject* dgram_sendto(DatagramObject* self, PyObject* const* args, Py_ssize_t n
   return PyBool_FromLong(self->dgram->queued() != 0);
 }
 
+// Calls `callback(arg)` for a caller in Python (sendto): its exception
+// goes to that caller; steals `arg`.
+PyObject* call_for_caller(PyObject* callback, PyObject* arg) {
+  if (arg == nullptr) return nullptr;
+  PyObject* r = PyObject_Vectorcall(callback, &arg, 1, nullptr);
+  Py_DECREF(arg);
+  if (r == nullptr) return nullptr;
+  Py_DECREF(r);
+  Py_RETURN_NONE;
+}
+
+// transport.sendto(data, addr) for the common case: bytes or bytearray, an
+// address the engine converts (None on a connected socket), an open
+// transport. Anything else, keywords included, goes to the transport's
+// Python sendto, which applies asyncio's rules and messages.
+PyObject* dgram_sendto_fast(DatagramObject* self, PyObject* const* args, size_t nargsf, PyObject* kwnames) {
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  PyObject* data = nargs >= 1 ? args[0] : nullptr;
+  PyObject* addr = nargs >= 2 ? args[1] : Py_None;
+  sockaddr_storage ss;
+  socklen_t sslen = 0;
+  const bool plain = data != nullptr && (PyBytes_CheckExact(data) || PyByteArray_CheckExact(data));
+  bool fast = self->fast_send && kwnames == nullptr && nargs <= 2 && plain && open_now(self) &&
+              (Py_SIZE(data) != 0 || self->send_empty);
+  if (fast) {
+    fast = self->connected ? addr == Py_None : addr != Py_None && parse_address(self->family, addr, &ss, &sslen);
+  }
+  if (!fast) {
+    if (self->slow_sendto == nullptr) return check(UV_EBADF);
+    PyObject* slow = Py_NewRef(self->slow_sendto);
+    PyObject* r = PyObject_Vectorcall(slow, args, nargsf, kwnames);
+    Py_DECREF(slow);
+    return r;
+  }
+  const char* buf = PyBytes_CheckExact(data) ? PyBytes_AS_STRING(data) : PyByteArray_AS_STRING(data);
+  const int rc = self->dgram->send(buf, static_cast<std::size_t>(Py_SIZE(data)),
+                                   sslen ? reinterpret_cast<const sockaddr*>(&ss) : nullptr, sslen);
+  if (rc < 0) return call_for_caller(self->on_send_error, os_error(rc));  // error_received, as asyncio
+  if (self->dgram->queued() != 0) {
+    PyObject* cb = Py_NewRef(self->on_queued);
+    PyObject* r = PyObject_CallNoArgs(cb);
+    Py_DECREF(cb);
+    if (r == nullptr) return nullptr;
+    Py_DECREF(r);
+  }
+  Py_RETURN_NONE;
+}
+
+// set_fast_send(slow_sendto, on_send_error, on_queued, connected, send_empty)
+PyObject* dgram_set_fast_send(DatagramObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 5) {
+    PyErr_SetString(PyExc_TypeError, "set_fast_send() takes 5 arguments");
+    return nullptr;
+  }
+  const int connected = PyObject_IsTrue(args[3]);
+  const int send_empty = PyObject_IsTrue(args[4]);
+  if (connected < 0 || send_empty < 0) return nullptr;
+  Py_XSETREF(self->slow_sendto, Py_NewRef(args[0]));
+  Py_XSETREF(self->on_send_error, Py_NewRef(args[1]));
+  Py_XSETREF(self->on_queued, Py_NewRef(args[2]));
+  self->connected = connected;
+  self->send_empty = send_empty;
+  Py_RETURN_NONE;
+}
+
+PyObject* dgram_get_fast_send(DatagramObject* self, void*) { return PyBool_FromLong(self->fast_send); }
+
+int dgram_set_fast_send_flag(DatagramObject* self, PyObject* value, void*) {
+  const int flag = value ? PyObject_IsTrue(value) : 0;
+  if (flag < 0) return -1;
+  self->fast_send = flag && self->slow_sendto != nullptr;
+  return 0;
+}
+
 PyObject* dgram_close(DatagramObject* self, PyObject*) {
   if (self->dgram) {
     self->dgram->release();
@@ -345,8 +429,6 @@ PyObject* dgram_close(DatagramObject* self, PyObject*) {
   }
   Py_RETURN_NONE;
 }
-
-bool open_now(DatagramObject* self) { return self->dgram != nullptr && !self->dgram->closed(); }
 
 PyObject* dgram_get_queued(DatagramObject* self, void*) {
   return PyLong_FromSize_t(open_now(self) ? self->dgram->queued() : 0);
@@ -376,6 +458,9 @@ int dgram_traverse(DatagramObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->on_callback_error);
   Py_VISIT(self->context);
   Py_VISIT(self->last_addr_obj);
+  Py_VISIT(self->slow_sendto);
+  Py_VISIT(self->on_send_error);
+  Py_VISIT(self->on_queued);
   return 0;
 }
 
@@ -386,6 +471,10 @@ int dgram_clear(DatagramObject* self) {
   Py_CLEAR(self->on_callback_error);
   Py_CLEAR(self->context);
   Py_CLEAR(self->last_addr_obj);
+  Py_CLEAR(self->slow_sendto);
+  Py_CLEAR(self->on_send_error);
+  Py_CLEAR(self->on_queued);
+  self->fast_send = false;
   return 0;
 }
 
@@ -404,6 +493,10 @@ PyMethodDef dgram_methods[] = {
     {"read_stop", reinterpret_cast<PyCFunction>(dgram_read_stop), METH_NOARGS, nullptr},
     {"sendto", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(dgram_sendto)), METH_FASTCALL,
      "Send now or queue: False (sent), True (queued) or NotImplemented."},
+    {"sendto_fast", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(dgram_sendto_fast)),
+     METH_FASTCALL | METH_KEYWORDS, "transport.sendto's common case."},
+    {"set_fast_send", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(dgram_set_fast_send)), METH_FASTCALL,
+     nullptr},
     {"close", reinterpret_cast<PyCFunction>(dgram_close), METH_NOARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
@@ -412,6 +505,8 @@ PyGetSetDef dgram_getset[] = {
     {"queued", reinterpret_cast<getter>(dgram_get_queued), nullptr, "datagrams queued", nullptr},
     {"queued_bytes", reinterpret_cast<getter>(dgram_get_queued_bytes), nullptr, "their bytes", nullptr},
     {"closed", reinterpret_cast<getter>(dgram_get_closed), nullptr, nullptr, nullptr},
+    {"fast_send", reinterpret_cast<getter>(dgram_get_fast_send), reinterpret_cast<setter>(dgram_set_fast_send_flag),
+     "sendto_fast may send (set by the transport while open)", nullptr},
     {"datagram_received", reinterpret_cast<getter>(dgram_get_datagram_received),
      reinterpret_cast<setter>(dgram_set_datagram_received), "called per datagram with (data, addr)", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr},

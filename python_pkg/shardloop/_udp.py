@@ -231,6 +231,13 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
                 os.close(fd)
             raise
         self.set_protocol(protocol)
+        # transport.sendto is the native sendto_fast while the transport is
+        # open and has no fixed remote address it must check against (a
+        # broadcasting endpoint's); the rest goes to _sendto, the full rules.
+        self._dgram.set_fast_send(self._sendto, self._send_failed, self._maybe_pause_protocol,
+                                  self._connected, _SEND_EMPTY)
+        self._dgram.fast_send = self._connected or not self._address
+        self.sendto = self._dgram.sendto_fast
         loop._own_fd(self._sock_fd, self)  # add_reader & co. refuse it, as asyncio's do
         loop.call_soon(protocol.connection_made, self, context=self._context)
         # Reading starts only after connection_made() has run.
@@ -316,7 +323,13 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         dgram = self._dgram
         return dgram.queued_bytes + dgram.queued * _HEADER_SIZE
 
-    def sendto(self, data: Any, addr: Any = None) -> None:
+    def sendto(self, data: Any, addr: Any = None) -> None:  # each instance uses _dgram.sendto_fast
+        self._sendto(data, addr)
+
+    def _send_failed(self, exc: OSError) -> None:
+        self._protocol.error_received(exc)  # the datagram is dropped, as with asyncio
+
+    def _sendto(self, data: Any, addr: Any = None) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if not data and not _SEND_EMPTY:
@@ -339,7 +352,7 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         try:
             queued = self._dgram.sendto(data, addr)
         except OSError as exc:
-            self._protocol.error_received(exc)  # the datagram is dropped, as with asyncio
+            self._send_failed(exc)
             return
         if queued is NotImplemented:
             queued = self._sendto_slow(data, addr)
@@ -387,6 +400,7 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         if self._closing:
             return
         self._closing = True
+        self._dgram.fast_send = False
         self._stop_reading()
         if not self._dgram.queued:  # else _on_write finishes once it drains
             self._conn_lost += 1
@@ -402,6 +416,7 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         if self._conn_lost:
             return
         self._closing = True
+        self._dgram.fast_send = False
         self._stop_reading()
         # The queue is dropped now: closing the engine's socket discards it.
         self._dgram.close()
