@@ -49,8 +49,6 @@ struct DatagramObject {
 
 PyTypeObject* DatagramType = nullptr;
 
-PyObject* os_error(int code) { return PyObject_CallFunction(PyExc_OSError, "is", -code, std::strerror(-code)); }
-
 // The address as socket.recvfrom() gives it (CPython's makesockaddr).
 PyObject* address_object(const sockaddr* addr, socklen_t addrlen) {
   if (addr == nullptr || addrlen == 0) Py_RETURN_NONE;
@@ -144,7 +142,7 @@ void on_recv_error(void* ctx, int err) noexcept {
   Py_INCREF(self);
   {
     ContextScope scope(self->context);
-    PyObject* args[] = {os_error(err)};
+    PyObject* args[] = {uv_os_error(err)};
     call_back(self, self->on_recv_error, args, 1);
   }
   Py_DECREF(self);
@@ -155,7 +153,7 @@ void on_write(void* ctx, int status, std::size_t queued) noexcept {
   Py_INCREF(self);
   {
     ContextScope scope(self->context);
-    PyObject* args[] = {status < 0 ? os_error(status) : Py_NewRef(Py_None), PyLong_FromSize_t(queued)};
+    PyObject* args[] = {status < 0 ? uv_os_error(status) : Py_NewRef(Py_None), PyLong_FromSize_t(queued)};
     call_back(self, self->on_write, args, 2);
   }
   Py_DECREF(self);
@@ -180,10 +178,7 @@ PyObject* dgram_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
                                    &family, &recv_error_cb, &write_cb, &callback_error_cb, &context)) {
     return nullptr;
   }
-  if (context != Py_None && !PyContext_CheckExact(context)) {
-    PyErr_Format(PyExc_TypeError, "context must be a contextvars.Context or None, got %R", context);
-    return nullptr;
-  }
+  if (!check_context_arg(context)) return nullptr;
   auto* lp = reinterpret_cast<LoopObject*>(loop);
   if (lp->engine->is_closed()) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -385,7 +380,7 @@ PyObject* dgram_sendto_fast(DatagramObject* self, PyObject* const* args, size_t 
   const char* buf = PyBytes_CheckExact(data) ? PyBytes_AS_STRING(data) : PyByteArray_AS_STRING(data);
   const int rc = self->dgram->send(buf, static_cast<std::size_t>(Py_SIZE(data)),
                                    sslen ? reinterpret_cast<const sockaddr*>(&ss) : nullptr, sslen);
-  if (rc < 0) return call_for_caller(self->on_send_error, os_error(rc));  // error_received, as asyncio
+  if (rc < 0) return call_for_caller(self->on_send_error, uv_os_error(rc));  // error_received, as asyncio
   if (self->dgram->queued() != 0) {
     PyObject* cb = Py_NewRef(self->on_queued);
     PyObject* r = PyObject_CallNoArgs(cb);

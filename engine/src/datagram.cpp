@@ -12,7 +12,6 @@
 #include <new>
 #include <stdexcept>
 #include <system_error>
-#include <utility>
 
 #include "shardloop/loop.hpp"
 
@@ -28,7 +27,7 @@ static_assert(Loop::kDatagramArenaSize >= Datagram::kMaxDatagram);
 }  // namespace
 
 Datagram::Datagram(Loop& loop, int fd, const Callbacks& callbacks, std::size_t slot)
-    : OwnedHandle(loop), callbacks_(callbacks), slot_(slot), fd_(fd) {}
+    : PolledHandle(loop), callbacks_(callbacks), slot_(slot), fd_(fd) {}
 
 Datagram::~Datagram() = default;
 
@@ -54,12 +53,11 @@ Datagram* Datagram::open(Loop& loop, int fd, const Callbacks& callbacks) {
     ::close(fd);
     throw std::bad_alloc();
   }
-  int rc = uv_poll_init(loop.uv(), &self->poll_, fd);
+  int rc = self->poll_init(fd);
   if (rc != 0) {
     delete self;  // never a libuv handle: nothing for libuv to close
     fail(-rc, "uv_poll_init");
   }
-  self->poll_.data = self;
   return self;
 }
 
@@ -69,7 +67,7 @@ int Datagram::read_start() {
   reading_ = true;
   // What a batch held back after a pause goes first, from the ready queue:
   // never from inside read_start() (the owner's resume_reading()).
-  if (!held_.empty()) queue_wake();
+  if (!held_.empty()) queue_events(UV_READABLE);
   watch();
   return 0;
 }
@@ -117,7 +115,7 @@ void Datagram::watch() noexcept {
   if (closed()) return;
   const int events = (reading_ ? UV_READABLE : 0) | (queue_.empty() ? 0 : UV_WRITABLE);
   if (events == watching_) return;
-  int rc = events ? uv_poll_start(&poll_, events, &Datagram::on_poll) : uv_poll_stop(&poll_);
+  int rc = poll_watch(events);
   if (rc != 0) {
     // Only a bad fd gets here; say so where the owner listens.
     if (reading_) return callbacks_.on_recv_error(callbacks_.ctx, rc);
@@ -126,50 +124,7 @@ void Datagram::watch() noexcept {
   watching_ = events;
 }
 
-// As for Stream, readiness joins the iteration through the loop's I/O
-// queue (Loop::call_io): asyncio runs a transport's read handler after the
-// callbacks that were ready before the poll and before the due timers.
-void Datagram::on_poll(uv_poll_t* handle, int status, int events) {
-  auto* self = static_cast<Datagram*>(handle->data);
-  if (self->closed()) return;
-  if (status < 0) self->polled_status_ = status;
-  self->polled_events_ |= events;
-  if (self->poll_queued_) return;
-  try {
-    self->loop_.call_io(Work{&Datagram::run_poll_events, self});
-    self->poll_queued_ = true;
-  } catch (...) {
-    // No room in the queue: handled now.
-    self->loop_.resume();
-    self->handle_poll_events(std::exchange(self->polled_status_, 0), std::exchange(self->polled_events_, 0));
-  }
-}
-
-// Held datagrams after resuming: a readable event from the ready queue.
-void Datagram::queue_wake() noexcept {
-  polled_events_ |= UV_READABLE;
-  if (poll_queued_) return;
-  try {
-    loop_.call_soon(Work{&Datagram::run_poll_events, this});
-    poll_queued_ = true;
-  } catch (...) {
-    // The held datagrams wait for the next readable event instead.
-  }
-}
-
-// The memory outlives a queued entry: libuv's close callback leaves the
-// release to this entry when it is still queued (close_handle).
-void Datagram::run_poll_events(void* ctx, bool run) noexcept {
-  auto* self = static_cast<Datagram*>(ctx);
-  self->poll_queued_ = false;
-  const int status = std::exchange(self->polled_status_, 0);
-  const int events = std::exchange(self->polled_events_, 0);
-  if (self->uv_close_done_) return self->handle_closed();  // may free it
-  if (!run || self->closed()) return;
-  self->loop_.resume();
-  self->handle_poll_events(status, events);
-}
-
+// Readiness, from the loop's I/O queue (PolledHandle).
 void Datagram::handle_poll_events(int status, int events) noexcept {
   if (status < 0) {
     // libuv stops a poll handle that reports EPOLLERR (a pending ICMP
@@ -299,15 +254,7 @@ void Datagram::on_close() noexcept {
 }
 
 void Datagram::close_handle() noexcept {
-  poll_.data = this;
-  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), [](uv_handle_t* h) {
-    auto* self = static_cast<Datagram*>(h->data);
-    if (self->poll_queued_) {
-      self->uv_close_done_ = true;
-    } else {
-      self->handle_closed();
-    }
-  });
+  close_poll();  // out of epoll now, then the fd goes
   ::close(fd_);
   fd_ = -1;
 }

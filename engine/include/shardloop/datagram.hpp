@@ -21,11 +21,11 @@
 #include <deque>
 #include <string>
 
-#include "shardloop/owned_handle.hpp"
+#include "shardloop/polled_handle.hpp"
 
 namespace shardloop {
 
-class Datagram final : public OwnedHandle {
+class Datagram final : public PolledHandle {
  public:
   struct Callbacks {
     void* ctx = nullptr;
@@ -79,32 +79,23 @@ class Datagram final : public OwnedHandle {
 
   Datagram(Loop& loop, int fd, const Callbacks& callbacks, std::size_t slot);
   ~Datagram() override;
-  uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&poll_); }
   void on_close() noexcept override;
   void close_handle() noexcept override;
 
   void watch() noexcept;
-  void queue_wake() noexcept;
-  static void on_poll(uv_poll_t* handle, int status, int events);
-  static void run_poll_events(void* ctx, bool run) noexcept;
-  void handle_poll_events(int status, int events) noexcept;
+  void handle_poll_events(int status, int events) noexcept override;
   void readable() noexcept;
   bool deliver_held() noexcept;
   void flush() noexcept;
 
   Callbacks callbacks_;
-  uv_poll_t poll_{};
   std::deque<Packet> queue_;  // refused by the kernel, sent in order
   std::deque<Packet> held_;   // read in a batch after the owner paused reading
   std::size_t queued_bytes_ = 0;
   std::size_t slot_;  // bytes per received datagram in the arena
   int fd_;
-  int watching_ = 0;       // the poll events asked of libuv
-  int polled_events_ = 0;  // reported by libuv, handled from the loop's queue
-  int polled_status_ = 0;
+  int watching_ = 0;  // the poll events asked of libuv
   bool reading_ = false;
-  bool poll_queued_ = false;    // run_poll_events is in one of the loop's queues
-  bool uv_close_done_ = false;  // libuv closed the handle while poll_queued_
 };
 
 }  // namespace shardloop
