@@ -101,6 +101,11 @@ char* Loop::make_read_buffer() {
   return read_buffer_.get();
 }
 
+char* Loop::make_datagram_arena() {
+  datagram_arena_.reset(new char[kDatagramArenaSize]);
+  return datagram_arena_.get();
+}
+
 void Loop::push_ready(Work work) {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   ready_.push_back(work);
