@@ -37,9 +37,10 @@ class Inbox {
   //
   // Only the push that raises the flag runs `wake`. One that finds it up
   // follows a push the owner has not drained yet, whose `wake` already made
-  // sure the owner will not sleep past it; that drain takes this item too
-  // (drain() lowers the flag with an exchange that reads this push's, so
-  // the item is visible to it). A burst of pushes so pays for one fence and
+  // sure the owner will not sleep past it: the owner looks at the flag (not
+  // at the queue) before it sleeps, and the flag stays up until a drain,
+  // which takes this item too (drain() lowers the flag with an exchange
+  // that reads this push's, so the item is visible to it). A burst of pushes so pays for one fence and
   // one look at the owner's sleep state, not one each.
   template <typename Wake>
   bool push(const Work& work, Wake&& wake) {
@@ -67,8 +68,6 @@ class Inbox {
   // Raised by every push: cheap to look at each iteration, unlike the queue.
   bool pending() const noexcept { return pending_.load(std::memory_order_acquire); }
   const std::atomic<bool>& pending_flag() const noexcept { return pending_; }
-  // The queue itself, for a pusher whose flag is not up yet.
-  bool maybe_nonempty() const { return queue_.size_approx() != 0; }
 
   // Owner thread: hands up to `limit` items to `sink` in queue order and
   // returns how many. The flag is cleared first (a push racing with the

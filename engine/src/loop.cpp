@@ -380,7 +380,10 @@ void Loop::on_prepare(uv_prepare_t* handle) noexcept {
   if (self->block_) {
     self->sleeping_.store(true, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (self->inbox_->maybe_nonempty()) {
+    // The flag, not the queue: a push that found the flag up skipped its
+    // own look at `sleeping_`, and relies on the flag staying up until a
+    // drain; the push that raised it paired its fence with this one.
+    if (self->inbox_->pending()) {
       self->sleeping_.store(false, std::memory_order_relaxed);
       self->block_ = false;
       uv_idle_start(&self->idle_, [](uv_idle_t*) {});
