@@ -603,6 +603,7 @@ PyMethodDef loop_methods[] = {
     {"get_debug", reinterpret_cast<PyCFunction>(loop_get_debug), METH_NOARGS, nullptr},
     {"set_debug", reinterpret_cast<PyCFunction>(loop_set_debug), METH_O, nullptr},
     {"_set_io_backend", reinterpret_cast<PyCFunction>(loop_set_io_backend), METH_O, nullptr},
+    {"_io_stats", reinterpret_cast<PyCFunction>(loop_io_stats), METH_NOARGS, nullptr},
     {"_run", reinterpret_cast<PyCFunction>(loop_run), METH_NOARGS, nullptr},
     {"_close_native", reinterpret_cast<PyCFunction>(loop_close_native), METH_NOARGS, nullptr},
     {"_add_reader", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(loop_add_reader)), METH_FASTCALL, nullptr},
