@@ -15,6 +15,7 @@
 #include <system_error>
 
 #include "ring.hpp"
+#include "shardloop/acceptor.hpp"
 #include "shardloop/loop.hpp"
 #include "shardloop/stream.hpp"
 
@@ -218,7 +219,7 @@ void Ring::probe_once() {
   if (cqe->res != 1 || byte != 'x' || !(cqe->flags & IORING_CQE_F_MORE)) fail(EOPNOTSUPP, "io_uring multishot recv");
 }
 
-io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
+io_uring_sqe* Ring::sqe(std::uint64_t user_data) noexcept {
   if (orphaned_ || exited_) return &scratch_;
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
   while (s == nullptr) {
@@ -228,9 +229,13 @@ io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
     if (submit(false) < 0) harvest();
     s = io_uring_get_sqe(&ring_);
   }
-  io_uring_sqe_set_data64(s, tag(stream, op));
+  io_uring_sqe_set_data64(s, user_data);
   ++live_;
   return s;
+}
+
+void Ring::submit_now() noexcept {
+  if (!detached() && io_uring_sq_ready(&ring_) != 0 && submit(false) < 0) harvest();
 }
 
 void Ring::orphan() noexcept {
@@ -299,6 +304,7 @@ void Ring::harvest() noexcept {
       cqes_.push_back(Completion{cqe->user_data, cqe->res, cqe->flags});
       ++loop_.io_stats().cqes;
       if ((cqe->user_data & kOpMask) == Stream::kRecv && cqe->res > 0) ++loop_.io_stats().recv_cqes;
+      if ((cqe->user_data & kOpMask) == kAccept && cqe->res >= 0) ++loop_.io_stats().accept_cqes;
     } catch (const std::bad_alloc&) {
       break;  // left in the ring for the next pass
     }
@@ -353,8 +359,18 @@ bool Ring::dispatch() noexcept {
   // Callbacks may queue operations (and harvest more): index, not iterator.
   for (std::size_t i = 0; i < cqes_.size(); ++i) {
     const Completion c = cqes_[i];
-    auto* stream = reinterpret_cast<Stream*>(c.user_data & ~kOpMask);
     const auto op = static_cast<unsigned>(c.user_data & kOpMask);
+    if (c.user_data == kIgnore) {
+      --live_;
+      continue;
+    }
+    if (op == kAccept) {
+      if (!(c.flags & IORING_CQE_F_MORE)) --live_;
+      reinterpret_cast<Acceptor*>(c.user_data & ~kOpMask)->on_completion(c.res, c.flags);
+      any = true;
+      continue;
+    }
+    auto* stream = reinterpret_cast<Stream*>(c.user_data & ~kOpMask);
     if (op == Stream::kRecv && c.res > 0 && (c.flags & IORING_CQE_F_BUFFER)) {
       i = gather(i);  // data, with that of the stream's next completions
       any = true;

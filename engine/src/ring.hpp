@@ -51,10 +51,21 @@ class Ring {
   // An SQE for `stream`'s operation `op`; submits first when the queue is
   // full. The stream counts the operation in flight until its last
   // completion has been dispatched.
-  io_uring_sqe* sqe(Stream* stream, unsigned op) noexcept;
+  io_uring_sqe* sqe(Stream* stream, unsigned op) noexcept { return sqe(tag(stream, op)); }
+  // An SQE whose completion carries `user_data` (kIgnore: counted only).
+  io_uring_sqe* sqe(std::uint64_t user_data) noexcept;
+  // Tags: the owner's address and, in the low 3 bits, the op: Stream's
+  // ops 1-6, or kAccept, whose address is an Acceptor's.
+  static constexpr unsigned kAccept = 7;
+  static constexpr std::uint64_t kIgnore = 0;
+  // Hands what is queued to the kernel now, from inside a callback (the
+  // completions it produces are dispatched by the next flush).
+  void submit_now() noexcept;
+  // abandon()ed or orphan()ed: nothing submitted will ever complete.
+  bool detached() const noexcept { return orphaned_ || exited_; }
   void nop(Stream* stream, unsigned op) noexcept { io_uring_prep_nop(sqe(stream, op)); }
-  static std::uint64_t tag(Stream* stream, unsigned op) noexcept {
-    return reinterpret_cast<std::uintptr_t>(stream) | op;
+  static std::uint64_t tag(const void* owner, unsigned op) noexcept {
+    return reinterpret_cast<std::uintptr_t>(owner) | op;
   }
 
   // The stream has bytes to send: its send is prepared in the next flush.
