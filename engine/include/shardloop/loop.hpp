@@ -47,7 +47,6 @@ struct IoStats {
   std::uint64_t recv_rearms = 0;      // ring: multishot recv armed again after it ended
   std::uint64_t send_sqes = 0;        // ring: send operations submitted
   std::uint64_t short_sends = 0;      // ring: sends the kernel took only part of
-  std::uint64_t zc_sends = 0;         // ring: of send_sqes, zero-copy ones
   std::uint64_t accept_cqes = 0;      // ring: connections multishot accept took
   std::uint64_t buffers = 0;          // ring: provided buffers in the pool now
 };
