@@ -281,21 +281,32 @@ PyObject* loop_ring_accept_start(LoopObject* self, PyObject* const* args, Py_ssi
   Py_RETURN_TRUE;
 }
 
-PyObject* loop_ring_accept_resume(LoopObject* self, PyObject* fd_obj) {
+namespace {
+
+// The ring accept on fd_obj's descriptor: 1 found (in *out), 0 none, -1
+// with an error raised (not a descriptor).
+int find_accept(LoopObject* self, PyObject* fd_obj, std::unordered_map<int, RingAccept*>::iterator* out) {
   int fd;
-  if (!parse_fd(fd_obj, &fd)) return nullptr;
-  auto it = self->fd_watches->accepts.find(fd);
-  if (it == self->fd_watches->accepts.end()) Py_RETURN_FALSE;
+  if (!parse_fd(fd_obj, &fd)) return -1;
+  *out = self->fd_watches->accepts.find(fd);
+  return *out != self->fd_watches->accepts.end() ? 1 : 0;
+}
+
+}  // namespace
+
+PyObject* loop_ring_accept_resume(LoopObject* self, PyObject* fd_obj) {
+  std::unordered_map<int, RingAccept*>::iterator it;
+  const int found = find_accept(self, fd_obj, &it);
+  if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_False);
   it->second->acceptor->resume();  // its callbacks may run (and stop it)
   if (PyErr_Occurred()) return nullptr;
   Py_RETURN_TRUE;
 }
 
 PyObject* loop_ring_accept_stop(LoopObject* self, PyObject* fd_obj) {
-  int fd;
-  if (!parse_fd(fd_obj, &fd)) return nullptr;
-  auto it = self->fd_watches->accepts.find(fd);
-  if (it == self->fd_watches->accepts.end()) Py_RETURN_FALSE;
+  std::unordered_map<int, RingAccept*>::iterator it;
+  const int found = find_accept(self, fd_obj, &it);
+  if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_False);
   RingAccept* a = it->second;
   self->fd_watches->accepts.erase(it);
   free_accept(a);
