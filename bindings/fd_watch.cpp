@@ -1,10 +1,12 @@
 #include "fd_watch.hpp"
 
+#include <new>
 #include <system_error>
 #include <unordered_map>
 
 #include "handle.hpp"
 #include "loop_object.hpp"
+#include "shardloop/acceptor.hpp"
 #include "shardloop/fd_watcher.hpp"
 #include "sock_ops.hpp"
 
@@ -33,8 +35,46 @@ constexpr int kEvents[2] = {FdWatcher::kReadable, FdWatcher::kWritable};
 
 }  // namespace
 
+namespace {
+
+// A listener accepting on the ring (_ring_accept_start): each new fd, or
+// a negative errno, goes to `callback`.
+struct RingAccept {
+  LoopObject* loop;  // borrowed: the loop owns its accepts
+  Acceptor* acceptor;
+  PyObject* callback;
+};
+
+void free_accept(RingAccept* a) {
+  a->acceptor->release();  // cancels the kernel's accept now
+  Py_CLEAR(a->callback);
+  delete a;
+}
+
+// From the ring's completion pass (the GIL held, as for stream reads).
+void call_accept(RingAccept* a, long value) {
+  PyObject* callback = Py_NewRef(a->callback);
+  PyObject* arg = PyLong_FromLong(value);
+  PyObject* r = arg ? PyObject_CallOneArg(callback, arg) : nullptr;
+  Py_XDECREF(arg);
+  if (r) {
+    Py_DECREF(r);
+  } else if (exception_must_propagate()) {
+    loop_abort_with_exception(a->loop);
+  } else {
+    PyErr_WriteUnraisable(callback);  // the Python layer's callback handles its own errors
+  }
+  Py_DECREF(callback);
+}
+
+void on_ring_accept(void* ctx, int fd) noexcept { call_accept(static_cast<RingAccept*>(ctx), fd); }
+void on_ring_accept_error(void* ctx, int err) noexcept { call_accept(static_cast<RingAccept*>(ctx), -err); }
+
+}  // namespace
+
 struct FdWatches {
   std::unordered_map<int, Slot*> slots;
+  std::unordered_map<int, RingAccept*> accepts;
 };
 
 namespace {
@@ -199,6 +239,9 @@ void fd_watches_clear(LoopObject* loop) {
   auto slots = std::move(loop->fd_watches->slots);
   loop->fd_watches->slots.clear();
   for (auto& [fd, slot] : slots) free_slot(slot);
+  auto accepts = std::move(loop->fd_watches->accepts);
+  loop->fd_watches->accepts.clear();
+  for (auto& [fd, a] : accepts) free_accept(a);
 }
 
 int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg) {
@@ -207,7 +250,67 @@ int fd_watches_traverse(FdWatches* watches, visitproc visit, void* arg) {
     for (HandleObject* handle : slot->handles) Py_VISIT(reinterpret_cast<PyObject*>(handle));
     Py_VISIT(slot->fileobj);
   }
+  for (auto& [fd, a] : watches->accepts) Py_VISIT(a->callback);
   return 0;
+}
+
+PyObject* loop_ring_accept_start(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "_ring_accept_start(fd, callback)");
+    return nullptr;
+  }
+  int fd;
+  if (!parse_fd(args[0], &fd)) return nullptr;
+  if (self->engine->is_closed() || self->fd_watches->accepts.count(fd) != 0) Py_RETURN_FALSE;
+  auto* a = new (std::nothrow) RingAccept{self, nullptr, nullptr};
+  if (a == nullptr) return PyErr_NoMemory();
+  try {
+    a->acceptor = Acceptor::open(*self->engine, fd, Acceptor::Callbacks{a, &on_ring_accept, &on_ring_accept_error});
+    if (a->acceptor == nullptr) {
+      delete a;
+      Py_RETURN_FALSE;  // no ring here, or no multishot accept: readiness it is
+    }
+    a->callback = Py_NewRef(args[1]);
+    self->fd_watches->accepts.emplace(fd, a);
+  } catch (...) {
+    if (a->acceptor != nullptr) free_accept(a);
+    else delete a;
+    set_error_from_cpp();
+    return nullptr;
+  }
+  Py_RETURN_TRUE;
+}
+
+namespace {
+
+// The ring accept on fd_obj's descriptor: 1 found (in *out), 0 none, -1
+// with an error raised (not a descriptor).
+int find_accept(LoopObject* self, PyObject* fd_obj, std::unordered_map<int, RingAccept*>::iterator* out) {
+  int fd;
+  if (!parse_fd(fd_obj, &fd)) return -1;
+  *out = self->fd_watches->accepts.find(fd);
+  return *out != self->fd_watches->accepts.end() ? 1 : 0;
+}
+
+}  // namespace
+
+PyObject* loop_ring_accept_resume(LoopObject* self, PyObject* fd_obj) {
+  std::unordered_map<int, RingAccept*>::iterator it;
+  const int found = find_accept(self, fd_obj, &it);
+  if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_False);
+  it->second->acceptor->resume();  // its callbacks may run (and stop it)
+  if (PyErr_Occurred()) return nullptr;
+  Py_RETURN_TRUE;
+}
+
+PyObject* loop_ring_accept_stop(LoopObject* self, PyObject* fd_obj) {
+  std::unordered_map<int, RingAccept*>::iterator it;
+  const int found = find_accept(self, fd_obj, &it);
+  if (found <= 0) return found < 0 ? nullptr : Py_NewRef(Py_False);
+  RingAccept* a = it->second;
+  self->fd_watches->accepts.erase(it);
+  free_accept(a);
+  Py_RETURN_TRUE;
 }
 
 PyObject* loop_add_reader(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {

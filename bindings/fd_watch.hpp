@@ -24,6 +24,17 @@ PyObject* loop_add_writer(LoopObject* self, PyObject* const* args, Py_ssize_t na
 // descriptor limit must not compete with its own watch).
 PyObject* loop_add_listener(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
 PyObject* loop_remove_reader(LoopObject* self, PyObject* fd);
+// _ring_accept_start(fd, callback) -> bool: on an io_uring loop whose
+// kernel has multishot accept, the listening socket fd accepts on the ring
+// and callback(new_fd) runs for each connection, callback(-errno) for a
+// failure (acceptor.hpp says which); False: accept on readiness instead.
+// _ring_accept_stop(fd) -> bool: stops it (the kernel lets go of fd before
+// this returns when it can); False if fd was not accepting on the ring.
+PyObject* loop_ring_accept_start(LoopObject* self, PyObject* const* args, Py_ssize_t nargs);
+PyObject* loop_ring_accept_stop(LoopObject* self, PyObject* fd);
+// _ring_accept_resume(fd) -> bool: accepting starts again after the
+// callback heard of running out of descriptors (-EMFILE and the like).
+PyObject* loop_ring_accept_resume(LoopObject* self, PyObject* fd);
 // _note_fileobj(fd, fileobj): remembers the file object of fd's watch (until
 // the watch goes); _watched_fd(fileobj) -> the fd of the watch noted with
 // that very object, or None: how a socket closed while watched is found.

@@ -40,3 +40,34 @@ PyObject* loop_get_io_backend(LoopObject* self, void*) {
 }
 
 }  // namespace shardloop::py
+
+namespace shardloop::py {
+
+// _io_stats(): the loop's IoStats as a dict of ints (tests, benchmarks).
+PyObject* loop_io_stats(LoopObject* self, PyObject*) {
+  const IoStats& s = self->engine->io_stats();
+  const struct {
+    const char* name;
+    std::uint64_t value;
+  } fields[] = {
+      {"deliveries", s.deliveries}, {"delivered_bytes", s.delivered_bytes}, {"reads", s.reads},
+      {"direct_sends", s.direct_sends}, {"flushes", s.flushes}, {"enters", s.enters},
+      {"cqes", s.cqes}, {"recv_cqes", s.recv_cqes}, {"recv_enobufs", s.recv_enobufs},
+      {"recv_rearms", s.recv_rearms}, {"send_sqes", s.send_sqes}, {"short_sends", s.short_sends},
+      {"accept_cqes", s.accept_cqes}, {"buffers", s.buffers},
+  };
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  for (const auto& f : fields) {
+    PyObject* v = PyLong_FromUnsignedLongLong(f.value);
+    if (v == nullptr || PyDict_SetItemString(d, f.name, v) != 0) {
+      Py_XDECREF(v);
+      Py_DECREF(d);
+      return nullptr;
+    }
+    Py_DECREF(v);
+  }
+  return d;
+}
+
+}  // namespace shardloop::py

@@ -72,5 +72,6 @@ PyObject* loop_new_future(LoopObject* loop);
 // loop_io_backend.cpp
 PyObject* loop_set_io_backend(LoopObject* self, PyObject* mode);
 PyObject* loop_get_io_backend(LoopObject* self, void*);
+PyObject* loop_io_stats(LoopObject* self, PyObject*);
 
 }  // namespace shardloop::py

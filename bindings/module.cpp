@@ -6,6 +6,7 @@
 #include "handle.hpp"
 #include "loop_object.hpp"
 #include "sock_ops.hpp"
+#include "shardloop/acceptor.hpp"
 #include "shardloop/version.hpp"
 
 namespace py = pybind11;
@@ -60,6 +61,8 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.attr("LOOP_UPCALLS") = py::reinterpret_steal<py::object>(upcalls);
   m.def("libuv_version", [] { return std::string(uv_version_string()); },
         "Version of the libuv the engine runs on.");
+  m.def("_ring_accept_supported", [] { return shardloop::Acceptor::supported(); },
+        "Whether io_uring loops accept on their ring here (multishot accept, probed once).");
   shardloop::py_bindings::init_process(m);
   m.def("_pybind_noop", [](py::object) {}, "No-op through pybind11, for call-cost measurements.");
 }

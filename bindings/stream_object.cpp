@@ -87,13 +87,13 @@ void protocol_failed(StreamObject* self) {
   Py_DECREF(handler);
 }
 
-void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
-  auto* self = static_cast<StreamObject*>(ctx);
+// `bytes` (stolen; nullptr: the error raised making it) to the protocol's
+// data_received, or to on_read.
+void received(StreamObject* self, PyObject* bytes) {
   Py_INCREF(self);  // the callback may drop the transport's last reference
   ContextScope scope(self->context);
-  if (nread > 0 && self->data_received != nullptr) {
+  if (self->data_received != nullptr) {
     PyObject* method = Py_NewRef(self->data_received);
-    PyObject* bytes = PyBytes_FromStringAndSize(data, nread);
     PyObject* r = bytes ? PyObject_Vectorcall(method, &bytes, 1, nullptr) : nullptr;
     Py_XDECREF(bytes);
     if (r) {
@@ -105,10 +105,18 @@ void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
     Py_DECREF(self);
     return;
   }
+  PyObject* args[] = {bytes};
+  call_back(self, self->on_read, args, 1);
+  Py_DECREF(self);
+}
+
+void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
+  auto* self = static_cast<StreamObject*>(ctx);
+  if (nread > 0) return received(self, PyBytes_FromStringAndSize(data, nread));
+  Py_INCREF(self);
+  ContextScope scope(self->context);
   PyObject* arg;
-  if (nread > 0) {
-    arg = PyBytes_FromStringAndSize(data, nread);
-  } else if (nread == UV_EOF) {
+  if (nread == UV_EOF) {
     arg = PyBytes_FromStringAndSize(nullptr, 0);
   } else {
     arg = uv_os_error(static_cast<int>(nread));
@@ -116,6 +124,20 @@ void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   PyObject* args[] = {arg};
   call_back(self, self->on_read, args, 1);
   Py_DECREF(self);
+}
+
+// io_uring: data in several provided buffers, copied once, into the bytes.
+void on_read_parts(void* ctx, const iovec* parts, int count, std::size_t nread) noexcept {
+  auto* self = static_cast<StreamObject*>(ctx);
+  PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(nread));
+  if (bytes != nullptr) {
+    char* out = PyBytes_AS_STRING(bytes);
+    for (int k = 0; k < count; ++k) {
+      std::memcpy(out, parts[k].iov_base, parts[k].iov_len);
+      out += parts[k].iov_len;
+    }
+  }
+  received(self, bytes);
 }
 
 PyObject* error_or_none(int status) { return status < 0 ? uv_os_error(status) : Py_NewRef(Py_None); }
@@ -172,7 +194,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->context = context == Py_None ? nullptr : Py_NewRef(context);
   self->high_water = 64 * 1024;
   try {
-    self->stream = Stream::open(*lp->engine, fd, Stream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close},
+    self->stream = Stream::open(*lp->engine, fd, Stream::Callbacks{self, &on_read, &on_write, &on_shutdown, &on_close, &on_read_parts},
                                    pipe ? Stream::Kind::kPipe : Stream::Kind::kSocket);
   } catch (const std::system_error& e) {
     Py_DECREF(self);

@@ -95,6 +95,7 @@ void Stream::epoll_readable(bool hangup) noexcept {
   }
   for (int i = 0; i < kReadsPerWake && reading_ && !closed(); ++i) {
     ssize_t n = ::read(fd_, buf, Loop::kReadBufferSize);
+    ++loop_.io_stats().reads;
     if (n > 0) {
       deliver(buf, n);
       if (static_cast<std::size_t>(n) < Loop::kReadBufferSize && !hangup) return;

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -14,6 +15,7 @@
 #include <system_error>
 
 #include "ring.hpp"
+#include "shardloop/acceptor.hpp"
 #include "shardloop/loop.hpp"
 #include "shardloop/stream.hpp"
 
@@ -101,10 +103,7 @@ Ring::Ring(Loop& loop) : loop_(loop) {
     int rc = io_uring_register_buf_ring(&ring_, &reg, 0);
     if (rc != 0) fail(-rc, "io_uring_register_buf_ring");
     io_uring_buf_ring_init(br_);
-    for (unsigned i = 0; i < kBuffers; ++i)
-      io_uring_buf_ring_add(br_, bufs_ + std::size_t(i) * kBufferSize, kBufferSize, static_cast<unsigned short>(i), io_uring_buf_ring_mask(kBuffers),
-                            static_cast<int>(i));
-    io_uring_buf_ring_advance(br_, kBuffers);
+    post_buffers(kInitialBuffers);
     efd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (efd_ < 0) fail(errno, "eventfd");
     rc = io_uring_register_eventfd(&ring_, efd_);
@@ -220,7 +219,7 @@ void Ring::probe_once() {
   if (cqe->res != 1 || byte != 'x' || !(cqe->flags & IORING_CQE_F_MORE)) fail(EOPNOTSUPP, "io_uring multishot recv");
 }
 
-io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
+io_uring_sqe* Ring::sqe(std::uint64_t user_data) noexcept {
   if (orphaned_ || exited_) return &scratch_;
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
   while (s == nullptr) {
@@ -230,9 +229,13 @@ io_uring_sqe* Ring::sqe(Stream* stream, unsigned op) noexcept {
     if (submit(false) < 0) harvest();
     s = io_uring_get_sqe(&ring_);
   }
-  io_uring_sqe_set_data64(s, tag(stream, op));
+  io_uring_sqe_set_data64(s, user_data);
   ++live_;
   return s;
+}
+
+void Ring::submit_now() noexcept {
+  if (!detached() && io_uring_sq_ready(&ring_) != 0 && submit(false) < 0) harvest();
 }
 
 void Ring::orphan() noexcept {
@@ -246,6 +249,20 @@ void Ring::mark_dirty(Stream* stream) {
   if (stream->send_dirty || orphaned_ || exited_) return;
   dirty_.push_back(stream);
   stream->send_dirty = true;
+}
+
+// Buffers [posted_, posted_ + n) join the ring. The kernel takes them in
+// the order they were added and each returns to the back, so every posted
+// buffer is written once per lap: the pool is the ring's cache footprint.
+void Ring::post_buffers(unsigned n) noexcept {
+  for (unsigned i = 0; i < n; ++i) {
+    const unsigned bid = posted_ + i;
+    io_uring_buf_ring_add(br_, bufs_ + std::size_t(bid) * kBufferSize, kBufferSize, static_cast<unsigned short>(bid),
+                          io_uring_buf_ring_mask(kBuffers), static_cast<int>(i));
+  }
+  io_uring_buf_ring_advance(br_, static_cast<int>(n));
+  posted_ += n;
+  loop_.io_stats().buffers = posted_;
 }
 
 void Ring::recycle(unsigned bid) noexcept {
@@ -272,6 +289,7 @@ int Ring::submit(bool wait) noexcept {
   int rc;
   do {
     ++enters_;
+    ++loop_.io_stats().enters;
     if (EnterFault fault = enter_fault(); fault != nullptr && (rc = fault()) < 0) continue;
     rc = wait ? io_uring_submit_and_wait(&ring_, 1) : io_uring_submit_and_get_events(&ring_);
   } while (rc == -EINTR);
@@ -284,6 +302,9 @@ void Ring::harvest() noexcept {
   io_uring_for_each_cqe(&ring_, head, cqe) {
     try {
       cqes_.push_back(Completion{cqe->user_data, cqe->res, cqe->flags});
+      ++loop_.io_stats().cqes;
+      if ((cqe->user_data & kOpMask) == Stream::kRecv && cqe->res > 0) ++loop_.io_stats().recv_cqes;
+      if ((cqe->user_data & kOpMask) == kAccept && cqe->res >= 0) ++loop_.io_stats().accept_cqes;
     } catch (const std::bad_alloc&) {
       break;  // left in the ring for the next pass
     }
@@ -295,54 +316,63 @@ void Ring::harvest() noexcept {
 // The kernel fills one provided buffer (16 KiB) per completion; a 100 KiB
 // message would reach the owner in seven calls where a read(2) into the
 // loop's 256 KiB buffer takes one. Consecutive data completions of one
-// stream are copied into that buffer (and their buffers returned) and
-// delivered together. Returns the index of the last completion used.
+// stream (up to that size) reach the owner as one delivery, in pieces that
+// stay in the provided buffers: the owner copies them once, into its own
+// object (copying them together here first cost a 100 KiB memcpy a
+// request, from buffers that one enter had filled for many streams and
+// that were no longer in cache: see docs/performance.md). The buffers go
+// back once the owner has returned. Returns the index of the last
+// completion used.
 std::size_t Ring::gather(std::size_t first) noexcept {
-  char* out;
-  try {
-    out = loop_.read_buffer();
-  } catch (const std::bad_alloc&) {
-    out = nullptr;
-  }
   const Completion head = cqes_[first];
   auto* stream = reinterpret_cast<Stream*>(head.user_data & ~kOpMask);
+  iovec parts[kMaxParts] = {};
+  unsigned short bids[kMaxParts];
+  int count = 0;
   std::size_t n = 0, i = first;
   unsigned flags = head.flags;
-  for (; out != nullptr && i < cqes_.size(); ++i) {
+  for (; i < cqes_.size() && count < kMaxParts; ++i) {
     const Completion& c = cqes_[i];
     if (c.user_data != head.user_data || c.res <= 0 || !(c.flags & IORING_CQE_F_BUFFER) ||
-        n + static_cast<std::size_t>(c.res) > Loop::kReadBufferSize)
+        (count != 0 && n + static_cast<std::size_t>(c.res) > Loop::kReadBufferSize))
       break;
     const unsigned bid = c.flags >> IORING_CQE_BUFFER_SHIFT;
-    std::memcpy(out + n, buffer(bid), static_cast<std::size_t>(c.res));
+    bids[count] = static_cast<unsigned short>(bid);
+    parts[count++] = iovec{const_cast<char*>(buffer(bid)), static_cast<std::size_t>(c.res)};
     n += static_cast<std::size_t>(c.res);
-    recycle(bid);
     flags = c.flags;
     if (!(c.flags & IORING_CQE_F_MORE)) {
       ++i;  // a multishot's last completion ends the run
       break;
     }
   }
-  if (n == 0) {  // no buffer to gather into: one at a time
-    if (!(head.flags & IORING_CQE_F_MORE)) --live_;
-    stream->on_completion(Stream::kRecv, head.res, head.flags);
-    return first;
-  }
   if (!(flags & IORING_CQE_F_MORE)) --live_;
-  stream->on_completion(Stream::kRecv, static_cast<int>(n), flags & ~IORING_CQE_F_BUFFER, out);
+  stream->on_completion(Stream::kRecv, static_cast<int>(n), flags & ~IORING_CQE_F_BUFFER, parts, count);
+  for (int k = 0; k < count; ++k) recycle(bids[k]);
   return i - 1;
 }
+
+static_assert(Ring::kMaxParts * Ring::kBufferSize >= Loop::kReadBufferSize, "a delivery fills the read buffer");
 
 bool Ring::dispatch() noexcept {
   bool any = false;
   // Callbacks may queue operations (and harvest more): index, not iterator.
   for (std::size_t i = 0; i < cqes_.size(); ++i) {
     const Completion c = cqes_[i];
-    auto* stream = reinterpret_cast<Stream*>(c.user_data & ~kOpMask);
     const auto op = static_cast<unsigned>(c.user_data & kOpMask);
-    if (op == Stream::kRecv && c.res > 0 && (c.flags & IORING_CQE_F_BUFFER) && i + 1 < cqes_.size() &&
-        cqes_[i + 1].user_data == c.user_data) {
-      i = gather(i);  // consecutive reads of one stream, delivered as one
+    if (c.user_data == kIgnore) {
+      --live_;
+      continue;
+    }
+    if (op == kAccept) {
+      if (!(c.flags & IORING_CQE_F_MORE)) --live_;
+      reinterpret_cast<Acceptor*>(c.user_data & ~kOpMask)->on_completion(c.res, c.flags);
+      any = true;
+      continue;
+    }
+    auto* stream = reinterpret_cast<Stream*>(c.user_data & ~kOpMask);
+    if (op == Stream::kRecv && c.res > 0 && (c.flags & IORING_CQE_F_BUFFER)) {
+      i = gather(i);  // data, with that of the stream's next completions
       any = true;
       continue;
     }
@@ -356,6 +386,7 @@ bool Ring::dispatch() noexcept {
 
 bool Ring::flush() noexcept {
   if (orphaned_ || exited_) return false;
+  ++loop_.io_stats().flushes;
   // Streams closed since they were marked skip themselves; their memory
   // lives until their close completion, which comes after this.
   for (std::size_t i = 0; i < dirty_.size(); ++i) dirty_[i]->submit_send();
@@ -370,7 +401,13 @@ bool Ring::flush() noexcept {
   if ((io_uring_sq_ready(&ring_) != 0 || event_pending_) && submit(false) >= 0) event_pending_ = false;
   harvest();
   const bool retry = io_uring_sq_ready(&ring_) != 0 || event_pending_;
-  return dispatch() || retry;
+  const bool ran = dispatch();
+  // More recvs went without a buffer in this pass than the pool holds:
+  // re-arming them all again would cost more than the cache the bigger
+  // pool spoils, so it doubles (their re-arms go with the next enter).
+  if (starved_ > posted_ && posted_ < kBuffers) post_buffers(std::min(posted_, kBuffers - posted_));
+  starved_ = 0;
+  return ran || retry;
 }
 
 bool Ring::busy() const noexcept {
@@ -447,11 +484,11 @@ void Stream::abandon_ring() noexcept {
   if (closed()) handle_closed();  // may delete this
 }
 
-void Stream::on_completion(unsigned op, int res, unsigned flags, const char* data) noexcept {
+void Stream::on_completion(unsigned op, int res, unsigned flags, const iovec* parts, int count) noexcept {
   if (op != kRecv || !(flags & IORING_CQE_F_MORE)) --inflight_;
   switch (op) {
     case kRecv:
-      uring_recv_done(res, flags, data);
+      uring_recv_done(res, flags, parts, count);
       break;
     case kSend:
       uring_send_done(res);
@@ -478,6 +515,8 @@ void Stream::on_completion(unsigned op, int res, unsigned flags, const char* dat
 
 void Stream::uring_arm_recv() noexcept {
   if (recv_armed_ || closed()) return;
+  if (recv_ended_) ++loop_.io_stats().recv_rearms;
+  recv_ended_ = false;
   io_uring_sqe* s = ring_->sqe(this, kRecv);
   io_uring_prep_recv_multishot(s, fd_, nullptr, 0, 0);
   s->flags |= IOSQE_BUFFER_SELECT;
@@ -492,29 +531,37 @@ void Stream::uring_cancel_recv() noexcept {
   ++inflight_;
 }
 
+void Stream::hold(const char* data, std::size_t len) noexcept {
+  try {
+    held_.append(data, len);
+  } catch (const std::bad_alloc&) {
+    held_status_ = UV_ENOBUFS;
+  }
+}
+
 bool Stream::held() const noexcept { return !held_.empty() || held_status_ != 0 || resume_queued_; }
 
-// `data`: bytes the ring already gathered from several completions (their
-// buffers are back); otherwise they are in the completion's buffer.
-void Stream::uring_recv_done(int res, unsigned flags, const char* data) noexcept {
+// `parts`: the data (`res` bytes in all), still in provided buffers that
+// the ring takes back after this returns.
+void Stream::uring_recv_done(int res, unsigned flags, const iovec* parts, int count) noexcept {
   const bool more = flags & IORING_CQE_F_MORE;
-  if (!more) recv_armed_ = false;
-  if (res > 0 && (data != nullptr || (flags & IORING_CQE_F_BUFFER))) {
-    const unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-    const char* bytes = data != nullptr ? data : ring_->buffer(bid);
+  if (!more) {
+    recv_armed_ = false;
+    recv_ended_ = res != -ECANCELED;  // the kernel ended it, not read_stop()
+  }
+  if (res == -ENOBUFS) {
+    ++loop_.io_stats().recv_enobufs;
+    ring_->starved();
+  }
+  if (res > 0 && parts != nullptr) {
     if (!closed()) {
       if (reading_ && !held()) {
-        deliver(bytes, res);
+        deliver_parts(parts, count, static_cast<std::size_t>(res));
       } else {
         // Arrived after read_stop(): kept for read_start(), in order.
-        try {
-          held_.append(bytes, static_cast<std::size_t>(res));
-        } catch (const std::bad_alloc&) {
-          held_status_ = UV_ENOBUFS;
-        }
+        for (int k = 0; k < count; ++k) hold(static_cast<const char*>(parts[k].iov_base), parts[k].iov_len);
       }
     }
-    if (data == nullptr) ring_->recycle(bid);
     // A multishot recv the kernel ended (it may, at any time) is re-armed.
     if (!more && !closed() && reading_ && !held()) uring_arm_recv();
     return;
@@ -563,6 +610,7 @@ void Stream::submit_send() noexcept {
   if (sent_ == sending_.size()) return;
   io_uring_sqe* s = ring_->sqe(this, kSend);
   io_uring_prep_send(s, fd_, sending_.data() + sent_, sending_.size() - sent_, MSG_NOSIGNAL);
+  ++loop_.io_stats().send_sqes;
   send_inflight_ = true;
   ++inflight_;
 }
@@ -576,6 +624,7 @@ void Stream::uring_send_done(int res) noexcept {
   }
   sent_ += static_cast<std::size_t>(res);
   if (sent_ < sending_.size()) {
+    ++loop_.io_stats().short_sends;
     submit_send();  // a short send: the rest, in order, before anything newer
     return;
   }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <liburing.h>
+#include <sys/uio.h>
 #include <uv.h>
 
 #include <cstdint>
@@ -22,9 +23,18 @@ class Ring {
  public:
   // Provided buffers for multishot recv: a completion names the buffer the
   // kernel filled; it goes back to the kernel once the owner has read it.
-  static constexpr unsigned kBuffers = 1024;
-  static constexpr unsigned kBufferSize = 16 * 1024;
+  // 64 KiB: a 100 KiB message takes two recvs (16 KiB took seven). The
+  // pool starts at 2 MiB, which stays in cache (the kernel writes each
+  // posted buffer once per lap of the ring, and at 16 MiB that lap cost
+  // the server and the peer on the same machine CPU per request: see
+  // docs/performance.md), and doubles up to 16 MiB when recvs keep
+  // finding it empty (flush()).
+  static constexpr unsigned kBuffers = 256;
+  static constexpr unsigned kInitialBuffers = 32;
+  static constexpr unsigned kBufferSize = 64 * 1024;
   static constexpr unsigned kEntries = 1024;
+  // Most completions delivered together (they fill the loop's read buffer).
+  static constexpr int kMaxParts = static_cast<int>((256 * 1024) / kBufferSize);
 
   // Throws std::system_error naming the call and cause that failed.
   explicit Ring(Loop& loop);
@@ -41,16 +51,30 @@ class Ring {
   // An SQE for `stream`'s operation `op`; submits first when the queue is
   // full. The stream counts the operation in flight until its last
   // completion has been dispatched.
-  io_uring_sqe* sqe(Stream* stream, unsigned op) noexcept;
+  io_uring_sqe* sqe(Stream* stream, unsigned op) noexcept { return sqe(tag(stream, op)); }
+  // An SQE whose completion carries `user_data` (kIgnore: counted only).
+  io_uring_sqe* sqe(std::uint64_t user_data) noexcept;
+  // Tags: the owner's address and, in the low 3 bits, the op: Stream's
+  // ops 1-6, or kAccept, whose address is an Acceptor's.
+  static constexpr unsigned kAccept = 7;
+  static constexpr std::uint64_t kIgnore = 0;
+  // Hands what is queued to the kernel now, from inside a callback (the
+  // completions it produces are dispatched by the next flush).
+  void submit_now() noexcept;
+  // abandon()ed or orphan()ed: nothing submitted will ever complete.
+  bool detached() const noexcept { return orphaned_ || exited_; }
   void nop(Stream* stream, unsigned op) noexcept { io_uring_prep_nop(sqe(stream, op)); }
-  static std::uint64_t tag(Stream* stream, unsigned op) noexcept {
-    return reinterpret_cast<std::uintptr_t>(stream) | op;
+  static std::uint64_t tag(const void* owner, unsigned op) noexcept {
+    return reinterpret_cast<std::uintptr_t>(owner) | op;
   }
 
   // The stream has bytes to send: its send is prepared in the next flush.
   void mark_dirty(Stream* stream);
   const char* buffer(unsigned bid) const noexcept { return bufs_ + std::size_t(bid) * kBufferSize; }
   void recycle(unsigned bid) noexcept;
+  // A recv found no buffer (ENOBUFS): counted for flush()'s growth rule.
+  void starved() noexcept { ++starved_; }
+  unsigned posted_buffers() const noexcept { return posted_; }
 
   // Prepares the dirty streams' sends, submits everything and dispatches
   // the completions that are ready. Loop thread; true when the loop should
@@ -88,6 +112,7 @@ class Ring {
   bool dispatch() noexcept;
   std::size_t gather(std::size_t first) noexcept;
   void release() noexcept;
+  void post_buffers(unsigned n) noexcept;
 
   struct Completion {
     std::uint64_t user_data;
@@ -106,6 +131,8 @@ class Ring {
   std::uint64_t live_ = 0;   // operations whose last completion is due
   std::uint64_t enters_ = 0;
   unsigned unsubmitted_ = 0;
+  unsigned posted_ = 0;   // buffers [0, posted_) belong to the pool
+  unsigned starved_ = 0;  // ENOBUFS completions in this flush
   std::string setup_name_;
   bool event_pending_ = false;
   bool orphaned_ = false;

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <new>
 #include <stdexcept>
 #include <system_error>
@@ -99,6 +100,7 @@ int Stream::write(const char* data, std::size_t len) {
     ssize_t n;
     do n = kind_ == Kind::kSocket ? ::send(fd_, data, len, MSG_NOSIGNAL) : ::write(fd_, data, len);
     while (n < 0 && errno == EINTR);
+    ++loop_.io_stats().direct_sends;
     if (n >= 0) {
       if (static_cast<std::size_t>(n) == len) return 0;
       data += n;
@@ -167,6 +169,11 @@ int Stream::shutdown() {
 }
 
 void Stream::deliver(const char* data, ssize_t n) noexcept {
+  if (n > 0) {
+    IoStats& stats = loop_.io_stats();
+    ++stats.deliveries;
+    stats.delivered_bytes += static_cast<std::uint64_t>(n);
+  }
   if (n < 0) reading_ = false;  // EOF and errors end reading, as libuv's streams do
   callbacks_.on_read(callbacks_.ctx, data, n);
 }
@@ -181,6 +188,42 @@ void Stream::finish_shutdown(int status) noexcept {
   shutdown_sent_ = false;
   write_closed_ = true;
   if (callbacks_.on_shutdown) callbacks_.on_shutdown(callbacks_.ctx, status);
+}
+
+void Stream::deliver_parts(const iovec* parts, int count, std::size_t n) noexcept {
+  if (count == 1 || callbacks_.on_read_parts == nullptr) {
+    char* out = nullptr;
+    if (count > 1) {
+      try {
+        out = loop_.read_buffer();
+      } catch (const std::bad_alloc&) {
+        out = nullptr;
+      }
+    }
+    if (out == nullptr) {
+      // One piece, or nowhere to join them: as they are. An owner that
+      // pauses in between gets the rest after read_start(), in order.
+      for (int k = 0; k < count && !closed(); ++k) {
+        const char* bytes = static_cast<const char*>(parts[k].iov_base);
+        if (reading_ && !held())
+          deliver(bytes, static_cast<ssize_t>(parts[k].iov_len));
+        else
+          hold(bytes, parts[k].iov_len);
+      }
+      return;
+    }
+    std::size_t at = 0;
+    for (int k = 0; k < count; ++k) {
+      std::memcpy(out + at, parts[k].iov_base, parts[k].iov_len);
+      at += parts[k].iov_len;
+    }
+    deliver(out, static_cast<ssize_t>(n));
+    return;
+  }
+  IoStats& stats = loop_.io_stats();
+  ++stats.deliveries;
+  stats.delivered_bytes += n;
+  callbacks_.on_read_parts(callbacks_.ctx, parts, count, n);
 }
 
 // However it closes (close(), an error, the loop closing), the owner hears

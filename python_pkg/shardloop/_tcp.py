@@ -9,6 +9,7 @@ import errno
 import functools
 import inspect
 import itertools
+import os
 import socket
 import sys
 from asyncio import base_events, staggered, trsock
@@ -290,10 +291,18 @@ class TcpMixin:
             # _resume_accepting passes this wrapped factory back with no context.
             protocol_factory = server_protocol_factory(self, protocol_factory, sslcontext,
                                                        ssl_handshake_timeout, ssl_shutdown_timeout)
-        self._add_listener(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
+        # An io_uring loop accepts with one multishot accept on its ring
+        # (when the kernel has it): no wake-up, accept4 or final EAGAIN per
+        # batch. The rules stay asyncio's (_ring_accepted).
+        accepted = functools.partial(self._ring_accepted, protocol_factory, sock, server, backlog)
+        if not self._ring_accept_start(sock.fileno(), accepted):
+            self._add_listener(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
 
     def _stop_serving(self, sock: socket.socket) -> None:
-        self.remove_reader(sock.fileno())
+        # The ring lets go of the socket first, so that closing it stops
+        # the listening (a socket the kernel still holds keeps its port).
+        if not self._ring_accept_stop(sock.fileno()):
+            self.remove_reader(sock.fileno())
         sock.close()
         self._unix_listener_closed(sock)  # UnixMixin: 3.13's cleanup_socket
 
@@ -321,6 +330,47 @@ class TcpMixin:
                                 server, backlog)
                 return
             self._serve_connection(protocol_factory, conn, address, server)
+
+    def _ring_accepted(self, protocol_factory: Callable[[], Any], sock: socket.socket, server: Any,
+                       backlog: int, fd: int) -> None:
+        if fd < 0:
+            exc = OSError(-fd, os.strerror(-fd))
+            if exc.errno in _OUT_OF_RESOURCES:
+                # As _accept_ready: report, pause a second (the ring's accept
+                # has stopped, holding what the kernel had already taken),
+                # keep the server.
+                self.call_exception_handler({
+                    "message": "socket.accept() out of system resource",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+                self.call_later(_ACCEPT_RETRY_DELAY, self._ring_resume_accepting, sock, server)
+            else:
+                # What asyncio's accept callback would raise: its handle's
+                # error report, and accepting goes on.
+                self.call_exception_handler({
+                    "message": f"Exception in callback {self._accept_ready!r}",
+                    "exception": exc,
+                    "socket": trsock.TransportSocket(sock),
+                })
+            return
+        try:
+            conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            conn.setblocking(False)
+            # accept() would have said it; the ring's multishot accept has
+            # one address buffer for all its connections, so it is asked.
+            address = conn.getpeername()
+        except OSError:
+            address = None  # reset before it was asked: the transport hears it next
+        self._serve_connection(protocol_factory, conn, address, server)
+
+    def _ring_resume_accepting(self, sock: socket.socket, server: Any) -> None:
+        if server is not None and server.is_serving() and sock.fileno() != -1:
+            self._ring_accept_resume(sock.fileno())
 
     def _resume_accepting(self, protocol_factory: Callable[[], Any], sock: socket.socket, server: Any,
                           backlog: int) -> None:

@@ -7,15 +7,18 @@ timing assertions, ``spin``, small buffers for peers that must not read).
 """
 
 import asyncio
+import concurrent.futures
 import errno
 import json
+import os
 import socket
 import textwrap
 
 import pytest
 
 from _support import (BIG, Echo, HAVE_IPV6, Recorder, child_report, close_server, collecting_factory,
-                      echo_handler, recv_all, run, run_child, same_as_asyncio, spin, wait_until)
+                      echo_handler, is_shardloop, recv_all, run, run_child, same_as_asyncio, shardloop, spin,
+                      wait_until)
 from _tcp_support import linux_only, recv_until_eof_or_reset, requires_py313
 
 
@@ -593,3 +596,114 @@ def test_2000_connections_open_at_once(loop):
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert replies == [b"<%d>" % i for i in range(n)]
+
+
+def _ring_accepts(loop):
+    """Connections the loop accepted on its ring (None: it accepts on
+    readiness: asyncio's loop, or shardloop on epoll)."""
+    if is_shardloop(loop) and loop.io_backend == "io_uring":
+        return loop._io_stats()["accept_cqes"]
+    return None
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _recv_to_eof(sock):
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_accept_storm(loop):
+    """500 clients connect at once from threads (blocking sockets, so the
+    kernel's backlog fills while the loop accepts); every one is served,
+    and on io_uring by the ring's multishot accept, no accept4 involved."""
+    n = 500
+
+    async def main():
+        server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=n)
+        port = server.sockets[0].getsockname()[1]
+        before = _ring_accepts(loop)
+
+        def client(i):
+            with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                s.sendall(b"<%d>" % i)
+                s.shutdown(socket.SHUT_WR)
+                return _recv_to_eof(s)
+
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            replies = await asyncio.gather(*(loop.run_in_executor(pool, client, i) for i in range(n)))
+        after = _ring_accepts(loop)
+        await close_server(server)
+        return replies, before, after
+
+    replies, before, after = run(loop, main(), BIG)
+    assert replies == [b"<%d>" % i for i in range(n)]
+    if before is not None and shardloop._core._ring_accept_supported():
+        assert after - before == n
+
+
+def test_server_closed_while_accept_is_armed(loop):
+    """server.close() right after serving starts (on io_uring: with the
+    multishot accept armed in the kernel): the port stops listening at once
+    (a new socket binds it and nothing connects to the old one), and no
+    descriptor is left behind."""
+    async def main():
+        fds = _open_fds()
+        server = await loop.create_server(Echo, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        await spin(3)  # the accept is in the kernel
+        server.close()
+        # No await: the listening socket must already be gone.
+        probe = socket.socket()
+        try:
+            probe.bind(("127.0.0.1", port))
+        finally:
+            probe.close()
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        await server.wait_closed()
+        await spin(3)
+        return fds, _open_fds()
+
+    before, after = run(loop, main())
+    assert after == before
+
+
+def test_server_closed_during_an_accept_storm(loop):
+    """Clients keep connecting while the server closes: each is either
+    served or refused/reset (never left hanging), and once the storm is
+    over no descriptor is left: connections the kernel completed after
+    close() are closed, not leaked."""
+    n = 300
+
+    async def main():
+        fds = _open_fds()
+        server = await loop.create_server(Echo, "127.0.0.1", 0, backlog=n)
+        port = server.sockets[0].getsockname()[1]
+        def client(i):
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=20) as s:
+                    s.sendall(b"<%d>" % i)
+                    s.shutdown(socket.SHUT_WR)
+                    reply = _recv_to_eof(s)
+            except (ConnectionRefusedError, ConnectionResetError, BrokenPipeError):
+                return None
+            return reply
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            futs = [loop.run_in_executor(pool, client, i) for i in range(n)]
+            await wait_until(lambda: sum(f.done() for f in futs) >= 20, 20)
+            server.close()
+            replies = await asyncio.gather(*futs)
+        await server.wait_closed()
+        await spin(5)
+        return fds, _open_fds(), replies
+
+    before, after, replies = run(loop, main(), BIG)
+    assert all(r in (None, b"", b"<%d>" % i) for i, r in enumerate(replies))
+    assert sum(1 for r in replies if r) >= 20
+    assert after == before

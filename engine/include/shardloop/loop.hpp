@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -28,6 +29,27 @@ class Ring;
 
 // How a loop's streams reach the kernel (see stream.hpp).
 enum class IoBackend { kEpoll, kIoUring };
+
+// Counts of what a loop's streams asked of the kernel and handed to their
+// owners: plain increments on the loop's thread, for tests (which path a
+// feature took) and for explaining benchmarks by counting rather than
+// timing. The ring's fields stay 0 on epoll.
+struct IoStats {
+  std::uint64_t deliveries = 0;       // on_read calls with data
+  std::uint64_t delivered_bytes = 0;
+  std::uint64_t reads = 0;            // epoll: read(2) calls
+  std::uint64_t direct_sends = 0;     // send(2) from write() with nothing queued
+  std::uint64_t flushes = 0;          // ring: flush() calls (about one per iteration)
+  std::uint64_t enters = 0;           // ring: io_uring_enter calls
+  std::uint64_t cqes = 0;             // ring: completions taken off the ring
+  std::uint64_t recv_cqes = 0;        // ring: recv completions carrying data
+  std::uint64_t recv_enobufs = 0;     // ring: recv ended for want of a provided buffer
+  std::uint64_t recv_rearms = 0;      // ring: multishot recv armed again after it ended
+  std::uint64_t send_sqes = 0;        // ring: send operations submitted
+  std::uint64_t short_sends = 0;      // ring: sends the kernel took only part of
+  std::uint64_t accept_cqes = 0;      // ring: connections multishot accept took
+  std::uint64_t buffers = 0;          // ring: provided buffers in the pool now
+};
 
 class Loop {
  public:
@@ -186,6 +208,7 @@ class Loop {
   const std::string& io_fallback_reason() const noexcept { return io_fallback_; }
   // The ring, once the loop has run on its thread (io_uring backend only).
   Ring* ring() const noexcept { return ring_.get(); }
+  IoStats& io_stats() noexcept { return io_stats_; }
 
   // One read buffer per loop, shared by its streams: a read callback
   // consumes the bytes before the next read starts, and one buffer stays
@@ -248,6 +271,7 @@ class Loop {
   std::unique_ptr<Ring> orphaned_ring_;  // inherited through fork (after_fork)
   std::thread::id ring_thread_{};
   std::string io_fallback_;
+  IoStats io_stats_;
   bool want_ring_ = false;
   // The inbox's flag, raised by every push: lets the loop thread pull inbox
   // work ahead of its own call_soon, so work another thread queued first

@@ -16,6 +16,7 @@
 #include <cstddef>
 #include <string>
 #include <sys/types.h>
+#include <sys/uio.h>
 
 #include "shardloop/polled_handle.hpp"
 
@@ -38,6 +39,11 @@ class Stream final : public PolledHandle {
     // The stream closed (by its owner or by the loop closing): no callback
     // follows.
     void (*on_close)(void* ctx) noexcept = nullptr;
+    // Optional: data that arrived in pieces (io_uring: consecutive provided
+    // buffers), `nread` bytes in all, valid during the call only. An owner
+    // that copies what it gets anyway takes them as they lie; without it
+    // the pieces are copied together into the loop's read buffer first.
+    void (*on_read_parts)(void* ctx, const iovec* parts, int count, std::size_t nread) noexcept = nullptr;
   };
 
   enum class Kind { kSocket, kPipe };
@@ -64,7 +70,7 @@ class Stream final : public PolledHandle {
 
   // Ring completions (io_uring backend; called by Ring only).
   enum Op : unsigned { kRecv = 1, kSend = 2, kShutdown = 3, kCancel = 4, kClose = 5, kResume = 6 };
-  void on_completion(unsigned op, int res, unsigned flags, const char* data = nullptr) noexcept;
+  void on_completion(unsigned op, int res, unsigned flags, const iovec* parts = nullptr, int count = 0) noexcept;
   // Ring: turns what this iteration wrote into one send SQE.
   void submit_send() noexcept;
   // Ring::abandon(): the ring is gone with whatever was in flight; the fd
@@ -82,6 +88,7 @@ class Stream final : public PolledHandle {
 
   // Shared by both backends.
   void deliver(const char* data, ssize_t n) noexcept;
+  void deliver_parts(const iovec* parts, int count, std::size_t n) noexcept;
   void report_write(int status) noexcept;
   void finish_shutdown(int status) noexcept;
   void compact() noexcept;
@@ -99,11 +106,12 @@ class Stream final : public PolledHandle {
   void uring_cancel_recv() noexcept;
   void uring_queue_send() noexcept;
   void uring_shutdown() noexcept;
-  void uring_recv_done(int res, unsigned flags, const char* data) noexcept;
+  void uring_recv_done(int res, unsigned flags, const iovec* parts, int count) noexcept;
   void uring_send_done(int res) noexcept;
   void uring_deliver_held() noexcept;
   void uring_close() noexcept;
   bool held() const noexcept;
+  void hold(const char* data, std::size_t len) noexcept;
 
   Callbacks callbacks_;
   Ring* ring_ = nullptr;
@@ -119,6 +127,7 @@ class Stream final : public PolledHandle {
   Kind kind_;
   bool reading_ = false;
   bool recv_armed_ = false;     // io_uring: a multishot recv is in the kernel
+  bool recv_ended_ = false;     // io_uring: the kernel ended the last one (stats)
   bool send_inflight_ = false;  // io_uring: a send SQE is in the kernel
   bool shutdown_pending_ = false;  // shut down once the queue is sent
   bool shutdown_sent_ = false;     // shutdown(2) done, on_shutdown not yet called
