@@ -137,8 +137,12 @@ class TcpTransport(TransportBase, asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         super().set_protocol(protocol)
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        # Plain protocols get their bytes from the native read callback.
-        fast_read = None if self._buffered else getattr(protocol, "data_received", None)
+        # Plain protocols get their bytes from the native read callback, and
+        # so does shardloop's TLS protocol (its native feed takes what
+        # get_buffer/buffer_updated would).
+        fast_read = getattr(protocol, "_shardloop_feed", None)
+        if fast_read is None and not self._buffered:
+            fast_read = getattr(protocol, "data_received", None)
         self._stream.set_fast_paths(fast_read, self._data_received_failed, self._write, self._pause_protocol)
 
     # -- reading -----------------------------------------------------------

@@ -1,0 +1,501 @@
+// shardloop._core.TlsProtocol: the native steady state of a TLS connection.
+//
+// python_pkg/shardloop/_tls.py's NativeSSLProtocol is asyncio's own
+// sslproto.SSLProtocol (its state machine, handshake, shutdown, timeouts,
+// errors) with this object doing the two paths every request takes once the
+// handshake is done: encrypted bytes in -> SSLObject.read -> the app's
+// data_received, and app transport.write -> SSLObject.write -> the raw
+// transport. It drives the connection's SSLObject and its two MemoryBIOs
+// through their methods (Python's SSLContext does not expose its SSL*).
+//
+// The Python side tells it, through sync(), whether each path may run
+// here: only in the WRAPPED state with no flow control engaged and nothing
+// backlogged. Anything else (handshake, shutdown, pauses, a BufferedProtocol
+// app, errors) is handed to the SSLProtocol's own methods, so the rules stay
+// asyncio's. What both paths skip, they skip because it is a no-op in that
+// state: see feed() and write() below.
+#include <cstdlib>
+#include <cstring>
+
+#include "common.hpp"
+
+namespace shardloop::py {
+
+namespace {
+
+struct TlsObject {
+  PyObject_HEAD
+  PyObject* proto;           // the NativeSSLProtocol
+  PyObject* incoming;        // MemoryBIO: encrypted bytes in
+  PyObject* incoming_write;  // incoming.write
+  PyObject* outgoing;        // MemoryBIO: encrypted bytes out
+  PyObject* outgoing_read;   // outgoing.read
+  PyObject* ssl_read;        // the SSL object's read/write/pending
+  PyObject* ssl_write;
+  PyObject* ssl_pending;
+  PyObject* backlog;         // the SSLProtocol's _write_backlog (a deque)
+  PyObject* again;           // (SSLWantReadError, SSLWantWriteError)
+  PyObject* data_received;   // the app protocol's, or nullptr
+  PyObject* raw_write;       // the raw transport's write, or nullptr
+  PyObject* slow_write;      // _SSLProtocolTransport.write bound to the app transport
+  bool fast_read;
+  bool fast_write;
+  Py_ssize_t incoming_high_water;
+  // Plaintext lands here (SSLObject.read into a buffer) and leaves as one
+  // bytes object: no 256 KiB bytes allocated and shrunk per read, no join.
+  char* buf;
+  Py_ssize_t cap;
+};
+
+PyTypeObject* TlsType = nullptr;
+
+PyObject* s_pending;
+PyObject* s_fatal_error;
+PyObject* s_do_write;
+PyObject* s_process_outgoing;
+PyObject* s_control_ssl_reading;
+PyObject* s_feed_slow;
+PyObject* s_close_notify;
+PyObject* s_write_appdata;
+PyObject* s_fatal_message;
+
+// An SSL record carries at most 16 KiB of plaintext; one read returns at
+// most one record, so this much room is always asked for.
+constexpr Py_ssize_t kRecord = 16 * 1024 + 256;
+
+// The MemoryBIO's byte count; -1 with an error set.
+Py_ssize_t pending_of(PyObject* bio) {
+  PyObject* n = PyObject_GetAttr(bio, s_pending);
+  if (n == nullptr) return -1;
+  Py_ssize_t v = PyLong_AsSsize_t(n);
+  Py_DECREF(n);
+  return v;
+}
+
+PyObject* call0(PyObject* fn) { return PyObject_CallNoArgs(fn); }
+
+PyObject* call_method0(PyObject* obj, PyObject* name) { return PyObject_CallMethodNoArgs(obj, name); }
+
+// What asyncio's `except Exception as ex: self._fatal_error(ex, 'Fatal error
+// on SSL protocol')` does around the data path: an Exception goes to the
+// protocol (returns true), anything else (KeyboardInterrupt, SystemExit,
+// CancelledError...) stays raised for the caller (returns false).
+bool to_fatal_error(TlsObject* self) {
+  if (!PyErr_ExceptionMatches(PyExc_Exception)) return false;
+  PyObject* exc = fetch_exception();
+  PyObject* args[] = {self->proto, exc, s_fatal_message};
+  PyObject* r = PyObject_VectorcallMethod(s_fatal_error, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  Py_DECREF(exc);
+  if (r == nullptr) return false;
+  Py_DECREF(r);
+  return true;
+}
+
+// Error leaving the data path: true if handled (return None), false if the
+// error stays raised.
+PyObject* finish_error(TlsObject* self) {
+  if (to_fatal_error(self)) Py_RETURN_NONE;
+  return nullptr;
+}
+
+// _process_outgoing() when nothing is paused and nothing backlogged: the
+// encrypted bytes go to the raw transport, and _control_app_writing() has
+// nothing to do (the write buffer is empty, below any low-water mark, and
+// the app is not paused).
+int flush_outgoing(TlsObject* self) {
+  Py_ssize_t out = pending_of(self->outgoing);
+  if (out <= 0) return out < 0 ? -1 : 0;
+  PyObject* data = call0(self->outgoing_read);
+  if (data == nullptr) return -1;
+  PyObject* write = Py_NewRef(self->raw_write);
+  PyObject* r = PyObject_Vectorcall(write, &data, 1, nullptr);
+  Py_DECREF(write);
+  Py_DECREF(data);
+  if (r == nullptr) return -1;
+  Py_DECREF(r);
+  return 0;
+}
+
+// Reads everything the incoming BIO holds into self->buf; returns the
+// byte count, with *eof set when the peer's close_notify came, or -1 with
+// an error set (SSL errors other than want-read/want-write).
+Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
+  Py_ssize_t total = 0;
+  for (;;) {
+    if (self->cap - total < kRecord) {
+      Py_ssize_t cap = self->cap ? self->cap * 2 : 64 * 1024;
+      while (cap - total < kRecord) cap *= 2;
+      char* grown = static_cast<char*>(std::realloc(self->buf, static_cast<std::size_t>(cap)));
+      if (grown == nullptr) {
+        PyErr_NoMemory();
+        return -1;
+      }
+      self->buf = grown;
+      self->cap = cap;
+    }
+    PyObject* room = PyLong_FromSsize_t(self->cap - total);
+    PyObject* view = PyMemoryView_FromMemory(self->buf + total, self->cap - total, PyBUF_WRITE);
+    PyObject* n = nullptr;
+    if (room != nullptr && view != nullptr) {
+      PyObject* args[] = {room, view};
+      n = PyObject_Vectorcall(self->ssl_read, args, 2, nullptr);
+    }
+    Py_XDECREF(room);
+    Py_XDECREF(view);
+    if (n == nullptr) {
+      if (PyErr_ExceptionMatches(self->again)) {
+        PyErr_Clear();
+        return total;
+      }
+      return -1;
+    }
+    Py_ssize_t count = PyLong_AsSsize_t(n);
+    Py_DECREF(n);
+    if (count < 0) return -1;
+    if (count == 0) {
+      *eof = true;
+      return total;
+    }
+    total += count;
+    // asyncio reads until SSLWantReadError; that last read can only fail
+    // when the BIO is empty and OpenSSL holds no decrypted bytes (Python
+    // never turns on read-ahead, so OpenSSL takes from the BIO one record
+    // at a time). Not making it saves building an exception per request.
+    Py_ssize_t in = pending_of(self->incoming);
+    if (in < 0) return -1;
+    if (in == 0) {
+      PyObject* p = call0(self->ssl_pending);
+      if (p == nullptr) return -1;
+      Py_ssize_t held = PyLong_AsSsize_t(p);
+      Py_DECREF(p);
+      if (held < 0) return -1;
+      if (held == 0) return total;
+    }
+  }
+}
+
+// feed(data): the raw transport's bytes (its data_received fast path).
+// In the steady state this is SSLProtocol.buffer_updated() -> _do_read()
+// -> _do_read__copied(), then the tail of _do_read(); otherwise the
+// protocol's own get_buffer()/buffer_updated() take the bytes.
+PyObject* tls_feed(TlsObject* self, PyObject* data) {
+  if (!self->fast_read || self->data_received == nullptr || self->raw_write == nullptr) {
+    PyObject* args[] = {self->proto, data};
+    return PyObject_VectorcallMethod(s_feed_slow, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  }
+  Py_INCREF(self);  // the app may close and drop everything
+  PyObject* result = nullptr;
+  PyObject* r = PyObject_Vectorcall(self->incoming_write, &data, 1, nullptr);
+  if (r == nullptr) goto done;  // buffer_updated() raising, as in asyncio
+  Py_DECREF(r);
+  {
+    bool eof = false;
+    Py_ssize_t n = read_plaintext(self, &eof);
+    if (n < 0) {
+      // asyncio drops what was read before the error, as here.
+      result = finish_error(self);
+      goto done;
+    }
+    if (n > 0) {
+      PyObject* bytes = PyBytes_FromStringAndSize(self->buf, n);
+      PyObject* cb = Py_XNewRef(self->data_received);
+      r = bytes && cb ? PyObject_Vectorcall(cb, &bytes, 1, nullptr) : nullptr;
+      if (bytes && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
+      Py_XDECREF(cb);
+      Py_XDECREF(bytes);
+      if (r == nullptr) {
+        result = finish_error(self);
+        goto done;
+      }
+      Py_DECREF(r);
+    }
+    if (eof) {
+      r = call_method0(self->proto, s_close_notify);
+      if (r == nullptr) {
+        result = finish_error(self);
+        goto done;
+      }
+      Py_DECREF(r);
+    }
+    // The tail of _do_read(): flush what the app wrote meanwhile, then
+    // read-side flow control. Flags may have changed in data_received.
+    Py_ssize_t backlogged = PyObject_Length(self->backlog);
+    if (backlogged < 0) {
+      result = finish_error(self);
+      goto done;
+    }
+    if (backlogged > 0) {
+      r = call_method0(self->proto, s_do_write);
+    } else if (self->fast_write && self->raw_write != nullptr) {
+      r = flush_outgoing(self) < 0 ? nullptr : Py_NewRef(Py_None);
+    } else {
+      r = call_method0(self->proto, s_process_outgoing);
+    }
+    if (r == nullptr) {
+      result = finish_error(self);
+      goto done;
+    }
+    Py_DECREF(r);
+    bool control = !self->fast_read;
+    if (!control) {
+      // Not paused: only a BIO over the high-water mark would change anything.
+      Py_ssize_t in = pending_of(self->incoming);
+      if (in < 0) {
+        result = finish_error(self);
+        goto done;
+      }
+      control = in >= self->incoming_high_water;
+    }
+    if (control) {
+      r = call_method0(self->proto, s_control_ssl_reading);
+      if (r == nullptr) {
+        result = finish_error(self);
+        goto done;
+      }
+      Py_DECREF(r);
+    }
+    result = Py_NewRef(Py_None);
+  }
+done:
+  Py_DECREF(self);
+  return result;
+}
+
+// write(data): the app transport's write. In the steady state this is
+// _SSLProtocolTransport.write() -> _write_appdata() -> _do_write() ->
+// _process_outgoing() with the backlog staying empty; everything else is
+// the class's own write().
+PyObject* tls_write(TlsObject* self, PyObject* data) {
+  const bool plain = PyBytes_CheckExact(data) || PyByteArray_CheckExact(data);
+  if (!plain || !self->fast_write || self->raw_write == nullptr || self->slow_write == nullptr ||
+      PyObject_Length(self->backlog) != 0) {
+    if (PyErr_Occurred()) return nullptr;
+    if (self->slow_write == nullptr) {
+      PyErr_SetString(PyExc_RuntimeError, "TLS transport is detached");
+      return nullptr;
+    }
+    PyObject* slow = Py_NewRef(self->slow_write);
+    PyObject* r = PyObject_Vectorcall(slow, &data, 1, nullptr);
+    Py_DECREF(slow);
+    return r;
+  }
+  const Py_ssize_t len = Py_SIZE(data);
+  if (len == 0) Py_RETURN_NONE;
+  Py_INCREF(self);
+  PyObject* result = nullptr;
+  PyObject* n = PyObject_Vectorcall(self->ssl_write, &data, 1, nullptr);
+  if (n == nullptr) {
+    if (PyErr_ExceptionMatches(self->again)) {
+      // asyncio keeps the data in its backlog and tries again later.
+      PyErr_Clear();
+      PyObject* items = PyTuple_Pack(1, data);
+      PyObject* args[] = {self->proto, items};
+      PyObject* r = items ? PyObject_VectorcallMethod(s_write_appdata, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                      nullptr)
+                          : nullptr;
+      Py_XDECREF(items);
+      result = r;
+    } else {
+      result = finish_error(self);
+    }
+    Py_DECREF(self);
+    return result;
+  }
+  Py_ssize_t count = PyLong_AsSsize_t(n);
+  Py_DECREF(n);
+  if (count < 0 && PyErr_Occurred()) {
+    result = finish_error(self);
+  } else if (count < len) {
+    // A partial write (not seen with memory BIOs): the rest goes to the
+    // protocol's backlog the way asyncio's _do_write keeps it.
+    PyObject* rest = PySequence_GetSlice(data, count, len);
+    PyObject* items = rest ? PyTuple_Pack(1, rest) : nullptr;
+    Py_XDECREF(rest);
+    PyObject* args[] = {self->proto, items};
+    result = items ? PyObject_VectorcallMethod(s_write_appdata, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr)
+                   : nullptr;
+    Py_XDECREF(items);
+  } else if (flush_outgoing(self) < 0) {
+    result = finish_error(self);
+  } else {
+    result = Py_NewRef(Py_None);
+  }
+  Py_DECREF(self);
+  return result;
+}
+
+// sync(fast_read, fast_write, incoming_high_water): what the protocol's
+// state allows, recomputed by the Python side on every change of it.
+PyObject* tls_sync(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "sync(fast_read, fast_write, incoming_high_water)");
+    return nullptr;
+  }
+  int rd = PyObject_IsTrue(args[0]);
+  int wr = PyObject_IsTrue(args[1]);
+  if (rd < 0 || wr < 0) return nullptr;
+  Py_ssize_t high = PyLong_AsSsize_t(args[2]);
+  if (high == -1 && PyErr_Occurred()) return nullptr;
+  self->fast_read = rd;
+  self->fast_write = wr;
+  self->incoming_high_water = high;
+  Py_RETURN_NONE;
+}
+
+// set_peers(data_received, raw_write, slow_write): None for what is gone.
+PyObject* tls_set_peers(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3) {
+    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, raw_write, slow_write)");
+    return nullptr;
+  }
+  auto opt = [](PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); };
+  Py_XSETREF(self->data_received, opt(args[0]));
+  Py_XSETREF(self->raw_write, opt(args[1]));
+  Py_XSETREF(self->slow_write, opt(args[2]));
+  if (self->data_received == nullptr || self->raw_write == nullptr) {
+    self->fast_read = false;
+    self->fast_write = false;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* bound(PyObject* obj, const char* name) { return PyObject_GetAttrString(obj, name); }
+
+// TlsProtocol(proto, sslobj, incoming, outgoing, backlog, again)
+PyObject* tls_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
+  PyObject *proto, *sslobj, *incoming, *outgoing, *backlog, *again;
+  if (kwds != nullptr && PyDict_GET_SIZE(kwds) != 0) {
+    PyErr_SetString(PyExc_TypeError, "TlsProtocol() takes no keyword arguments");
+    return nullptr;
+  }
+  if (!PyArg_ParseTuple(args, "OOOOOO!", &proto, &sslobj, &incoming, &outgoing, &backlog, &PyTuple_Type, &again)) {
+    return nullptr;
+  }
+  auto* self = reinterpret_cast<TlsObject*>(type->tp_alloc(type, 0));
+  if (self == nullptr) return nullptr;
+  self->proto = Py_NewRef(proto);
+  self->incoming = Py_NewRef(incoming);
+  self->outgoing = Py_NewRef(outgoing);
+  self->backlog = Py_NewRef(backlog);
+  self->again = Py_NewRef(again);
+  self->incoming_write = bound(incoming, "write");
+  self->outgoing_read = bound(outgoing, "read");
+  self->ssl_read = bound(sslobj, "read");
+  self->ssl_write = bound(sslobj, "write");
+  self->ssl_pending = bound(sslobj, "pending");
+  if (!self->incoming_write || !self->outgoing_read || !self->ssl_read || !self->ssl_write || !self->ssl_pending) {
+    Py_DECREF(self);
+    return nullptr;
+  }
+  return reinterpret_cast<PyObject*>(self);
+}
+
+int tls_traverse(TlsObject* self, visitproc visit, void* arg) {
+  Py_VISIT(Py_TYPE(self));
+  Py_VISIT(self->proto);
+  Py_VISIT(self->incoming);
+  Py_VISIT(self->incoming_write);
+  Py_VISIT(self->outgoing);
+  Py_VISIT(self->outgoing_read);
+  Py_VISIT(self->ssl_read);
+  Py_VISIT(self->ssl_write);
+  Py_VISIT(self->ssl_pending);
+  Py_VISIT(self->backlog);
+  Py_VISIT(self->again);
+  Py_VISIT(self->data_received);
+  Py_VISIT(self->raw_write);
+  Py_VISIT(self->slow_write);
+  return 0;
+}
+
+int tls_clear(TlsObject* self) {
+  self->fast_read = false;
+  self->fast_write = false;
+  Py_CLEAR(self->proto);
+  Py_CLEAR(self->incoming);
+  Py_CLEAR(self->incoming_write);
+  Py_CLEAR(self->outgoing);
+  Py_CLEAR(self->outgoing_read);
+  Py_CLEAR(self->ssl_read);
+  Py_CLEAR(self->ssl_write);
+  Py_CLEAR(self->ssl_pending);
+  Py_CLEAR(self->backlog);
+  Py_CLEAR(self->again);
+  Py_CLEAR(self->data_received);
+  Py_CLEAR(self->raw_write);
+  Py_CLEAR(self->slow_write);
+  return 0;
+}
+
+// The paths above test fast_* first and take no reference they have not
+// checked, so a cleared object only ever takes the slow path -- which
+// needs proto: a cleared object refuses instead.
+PyObject* tls_feed_checked(TlsObject* self, PyObject* data) {
+  if (self->proto == nullptr) {
+    PyErr_SetString(PyExc_RuntimeError, "TLS protocol is detached");
+    return nullptr;
+  }
+  return tls_feed(self, data);
+}
+
+void tls_dealloc(TlsObject* self) {
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
+  tls_clear(self);
+  std::free(self->buf);
+  type->tp_free(self);
+  Py_DECREF(type);
+}
+
+PyMethodDef tls_methods[] = {
+    {"feed", reinterpret_cast<PyCFunction>(tls_feed_checked), METH_O, "The raw transport's bytes."},
+    {"write", reinterpret_cast<PyCFunction>(tls_write), METH_O, "The app transport's write."},
+    {"sync", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tls_sync)), METH_FASTCALL, nullptr},
+    {"set_peers", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tls_set_peers)), METH_FASTCALL,
+     nullptr},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+PyObject* tls_get_fast_read(TlsObject* self, void*) { return PyBool_FromLong(self->fast_read); }
+PyObject* tls_get_fast_write(TlsObject* self, void*) { return PyBool_FromLong(self->fast_write); }
+
+PyGetSetDef tls_getset[] = {
+    {"fast_read", reinterpret_cast<getter>(tls_get_fast_read), nullptr, nullptr, nullptr},
+    {"fast_write", reinterpret_cast<getter>(tls_get_fast_write), nullptr, nullptr, nullptr},
+    {nullptr, nullptr, nullptr, nullptr, nullptr},
+};
+
+PyType_Slot tls_slots[] = {
+    {Py_tp_new, reinterpret_cast<void*>(tls_new)},
+    {Py_tp_dealloc, reinterpret_cast<void*>(tls_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(tls_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(tls_clear)},
+    {Py_tp_methods, tls_methods},
+    {Py_tp_getset, tls_getset},
+    {0, nullptr},
+};
+
+PyType_Spec tls_spec = {
+    "shardloop._core.TlsProtocol", sizeof(TlsObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC, tls_slots,
+};
+
+bool intern(PyObject** slot, const char* text) {
+  *slot = PyUnicode_InternFromString(text);
+  return *slot != nullptr;
+}
+
+}  // namespace
+
+int init_tls_type(PyObject* module) {
+  if (!intern(&s_pending, "pending") || !intern(&s_fatal_error, "_fatal_error") || !intern(&s_do_write, "_do_write") ||
+      !intern(&s_process_outgoing, "_process_outgoing") || !intern(&s_control_ssl_reading, "_control_ssl_reading") ||
+      !intern(&s_feed_slow, "_shardloop_feed_slow") || !intern(&s_close_notify, "_shardloop_close_notify") ||
+      !intern(&s_write_appdata, "_write_appdata") || !intern(&s_fatal_message, "Fatal error on SSL protocol")) {
+    return -1;
+  }
+  TlsType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tls_spec, nullptr));
+  if (TlsType == nullptr) return -1;
+  return PyModule_AddObjectRef(module, "TlsProtocol", reinterpret_cast<PyObject*>(TlsType));
+}
+
+}  // namespace shardloop::py
