@@ -25,7 +25,12 @@ namespace {
 
 struct TlsObject {
   PyObject_HEAD
-  PyObject* proto;           // the NativeSSLProtocol
+  // Weak: the protocol and its app transport own this object (the feed
+  // and write paths), and a cycle would keep the SSL context alive past the
+  // connection until a collection (test_ssl's leak tests check it is not).
+  PyObject* proto_ref;       // weakref to the NativeSSLProtocol
+  PyObject* transport_ref;   // weakref to its _SSLProtocolTransport
+  PyObject* slow_write;      // _SSLProtocolTransport.write, the class's function
   PyObject* incoming;        // MemoryBIO: encrypted bytes in
   PyObject* incoming_write;  // incoming.write
   PyObject* outgoing;        // MemoryBIO: encrypted bytes out
@@ -37,7 +42,6 @@ struct TlsObject {
   PyObject* again;           // (SSLWantReadError, SSLWantWriteError)
   PyObject* data_received;   // the app protocol's, or nullptr
   PyObject* raw_write;       // the raw transport's write, or nullptr
-  PyObject* slow_write;      // _SSLProtocolTransport.write bound to the app transport
   bool fast_read;
   bool fast_write;
   Py_ssize_t incoming_high_water;
@@ -74,7 +78,33 @@ Py_ssize_t pending_of(PyObject* bio) {
 
 PyObject* call0(PyObject* fn) { return PyObject_CallNoArgs(fn); }
 
-PyObject* call_method0(PyObject* obj, PyObject* name) { return PyObject_CallMethodNoArgs(obj, name); }
+// The object behind a weakref (new reference), or nullptr with an error.
+PyObject* deref(PyObject* ref, const char* what) {
+  PyObject* obj = nullptr;
+  if (ref != nullptr) {
+#if PY_VERSION_HEX >= 0x030D0000
+    if (PyWeakref_GetRef(ref, &obj) < 0) return nullptr;
+#else
+    obj = Py_XNewRef(PyWeakref_GetObject(ref));
+    if (obj == Py_None) Py_CLEAR(obj);
+#endif
+  }
+  if (obj == nullptr) PyErr_Format(PyExc_RuntimeError, "the TLS %s is gone", what);
+  return obj;
+}
+
+// proto.<name>(*args)
+PyObject* call_proto(TlsObject* self, PyObject* name, PyObject* const* args, Py_ssize_t nargs) {
+  PyObject* proto = deref(self->proto_ref, "protocol");
+  if (proto == nullptr) return nullptr;
+  PyObject* stack[4] = {proto};
+  for (Py_ssize_t i = 0; i < nargs && i < 3; ++i) stack[i + 1] = args[i];
+  PyObject* r = PyObject_VectorcallMethod(name, stack, (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  Py_DECREF(proto);
+  return r;
+}
+
+PyObject* call_method0(TlsObject* self, PyObject* name) { return call_proto(self, name, nullptr, 0); }
 
 // What asyncio's `except Exception as ex: self._fatal_error(ex, 'Fatal error
 // on SSL protocol')` does around the data path: an Exception goes to the
@@ -83,8 +113,8 @@ PyObject* call_method0(PyObject* obj, PyObject* name) { return PyObject_CallMeth
 bool to_fatal_error(TlsObject* self) {
   if (!PyErr_ExceptionMatches(PyExc_Exception)) return false;
   PyObject* exc = fetch_exception();
-  PyObject* args[] = {self->proto, exc, s_fatal_message};
-  PyObject* r = PyObject_VectorcallMethod(s_fatal_error, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+  PyObject* args[] = {exc, s_fatal_message};
+  PyObject* r = call_proto(self, s_fatal_error, args, 2);
   Py_DECREF(exc);
   if (r == nullptr) return false;
   Py_DECREF(r);
@@ -180,8 +210,7 @@ Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
 // protocol's own get_buffer()/buffer_updated() take the bytes.
 PyObject* tls_feed(TlsObject* self, PyObject* data) {
   if (!self->fast_read || self->data_received == nullptr || self->raw_write == nullptr) {
-    PyObject* args[] = {self->proto, data};
-    return PyObject_VectorcallMethod(s_feed_slow, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr);
+    return call_proto(self, s_feed_slow, &data, 1);
   }
   Py_INCREF(self);  // the app may close and drop everything
   PyObject* result = nullptr;
@@ -210,7 +239,7 @@ PyObject* tls_feed(TlsObject* self, PyObject* data) {
       Py_DECREF(r);
     }
     if (eof) {
-      r = call_method0(self->proto, s_close_notify);
+      r = call_method0(self, s_close_notify);
       if (r == nullptr) {
         result = finish_error(self);
         goto done;
@@ -225,11 +254,11 @@ PyObject* tls_feed(TlsObject* self, PyObject* data) {
       goto done;
     }
     if (backlogged > 0) {
-      r = call_method0(self->proto, s_do_write);
+      r = call_method0(self, s_do_write);
     } else if (self->fast_write && self->raw_write != nullptr) {
       r = flush_outgoing(self) < 0 ? nullptr : Py_NewRef(Py_None);
     } else {
-      r = call_method0(self->proto, s_process_outgoing);
+      r = call_method0(self, s_process_outgoing);
     }
     if (r == nullptr) {
       result = finish_error(self);
@@ -247,7 +276,7 @@ PyObject* tls_feed(TlsObject* self, PyObject* data) {
       control = in >= self->incoming_high_water;
     }
     if (control) {
-      r = call_method0(self->proto, s_control_ssl_reading);
+      r = call_method0(self, s_control_ssl_reading);
       if (r == nullptr) {
         result = finish_error(self);
         goto done;
@@ -267,16 +296,16 @@ done:
 // the class's own write().
 PyObject* tls_write(TlsObject* self, PyObject* data) {
   const bool plain = PyBytes_CheckExact(data) || PyByteArray_CheckExact(data);
-  if (!plain || !self->fast_write || self->raw_write == nullptr || self->slow_write == nullptr ||
+  if (!plain || !self->fast_write || self->raw_write == nullptr || self->backlog == nullptr ||
       PyObject_Length(self->backlog) != 0) {
     if (PyErr_Occurred()) return nullptr;
-    if (self->slow_write == nullptr) {
-      PyErr_SetString(PyExc_RuntimeError, "TLS transport is detached");
-      return nullptr;
-    }
+    PyObject* transport = deref(self->transport_ref, "transport");
+    if (transport == nullptr) return nullptr;
     PyObject* slow = Py_NewRef(self->slow_write);
-    PyObject* r = PyObject_Vectorcall(slow, &data, 1, nullptr);
+    PyObject* args[] = {transport, data};
+    PyObject* r = PyObject_Vectorcall(slow, args, 2, nullptr);
     Py_DECREF(slow);
+    Py_DECREF(transport);
     return r;
   }
   const Py_ssize_t len = Py_SIZE(data);
@@ -289,10 +318,7 @@ PyObject* tls_write(TlsObject* self, PyObject* data) {
       // asyncio keeps the data in its backlog and tries again later.
       PyErr_Clear();
       PyObject* items = PyTuple_Pack(1, data);
-      PyObject* args[] = {self->proto, items};
-      PyObject* r = items ? PyObject_VectorcallMethod(s_write_appdata, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET,
-                                                      nullptr)
-                          : nullptr;
+      PyObject* r = items ? call_proto(self, s_write_appdata, &items, 1) : nullptr;
       Py_XDECREF(items);
       result = r;
     } else {
@@ -311,9 +337,7 @@ PyObject* tls_write(TlsObject* self, PyObject* data) {
     PyObject* rest = PySequence_GetSlice(data, count, len);
     PyObject* items = rest ? PyTuple_Pack(1, rest) : nullptr;
     Py_XDECREF(rest);
-    PyObject* args[] = {self->proto, items};
-    result = items ? PyObject_VectorcallMethod(s_write_appdata, args, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, nullptr)
-                   : nullptr;
+    result = items ? call_proto(self, s_write_appdata, &items, 1) : nullptr;
     Py_XDECREF(items);
   } else if (flush_outgoing(self) < 0) {
     result = finish_error(self);
@@ -342,16 +366,17 @@ PyObject* tls_sync(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
-// set_peers(data_received, raw_write, slow_write): None for what is gone.
+// set_peers(data_received, raw_write): None for what is gone. The protocol
+// sets both to None when the connection is lost, which also breaks the
+// cycles through the app protocol and the raw transport.
 PyObject* tls_set_peers(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 3) {
-    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, raw_write, slow_write)");
+  if (nargs != 2) {
+    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, raw_write)");
     return nullptr;
   }
   auto opt = [](PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); };
   Py_XSETREF(self->data_received, opt(args[0]));
   Py_XSETREF(self->raw_write, opt(args[1]));
-  Py_XSETREF(self->slow_write, opt(args[2]));
   if (self->data_received == nullptr || self->raw_write == nullptr) {
     self->fast_read = false;
     self->fast_write = false;
@@ -359,21 +384,45 @@ PyObject* tls_set_peers(TlsObject* self, PyObject* const* args, Py_ssize_t nargs
   Py_RETURN_NONE;
 }
 
+// detach(): the connection is lost. Drops everything that reaches the SSL
+// object (and so the context), the app and the raw transport: the raw
+// transport's stream may outlive the protocol holding our feed. What is
+// left (weak references, the class's write) keeps the app transport's
+// write() answering as asyncio's does after the connection is gone.
+PyObject* tls_detach(TlsObject* self, PyObject*) {
+  self->fast_read = false;
+  self->fast_write = false;
+  Py_CLEAR(self->data_received);
+  Py_CLEAR(self->raw_write);
+  Py_CLEAR(self->incoming);
+  Py_CLEAR(self->incoming_write);
+  Py_CLEAR(self->outgoing);
+  Py_CLEAR(self->outgoing_read);
+  Py_CLEAR(self->ssl_read);
+  Py_CLEAR(self->ssl_write);
+  Py_CLEAR(self->ssl_pending);
+  Py_CLEAR(self->backlog);
+  Py_RETURN_NONE;
+}
+
 PyObject* bound(PyObject* obj, const char* name) { return PyObject_GetAttrString(obj, name); }
 
-// TlsProtocol(proto, sslobj, incoming, outgoing, backlog, again)
+// TlsProtocol(proto, app_transport, slow_write, sslobj, incoming, outgoing, backlog, again)
 PyObject* tls_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
-  PyObject *proto, *sslobj, *incoming, *outgoing, *backlog, *again;
+  PyObject *proto, *transport, *slow_write, *sslobj, *incoming, *outgoing, *backlog, *again;
   if (kwds != nullptr && PyDict_GET_SIZE(kwds) != 0) {
     PyErr_SetString(PyExc_TypeError, "TlsProtocol() takes no keyword arguments");
     return nullptr;
   }
-  if (!PyArg_ParseTuple(args, "OOOOOO!", &proto, &sslobj, &incoming, &outgoing, &backlog, &PyTuple_Type, &again)) {
+  if (!PyArg_ParseTuple(args, "OOOOOOOO!", &proto, &transport, &slow_write, &sslobj, &incoming, &outgoing, &backlog,
+                        &PyTuple_Type, &again)) {
     return nullptr;
   }
   auto* self = reinterpret_cast<TlsObject*>(type->tp_alloc(type, 0));
   if (self == nullptr) return nullptr;
-  self->proto = Py_NewRef(proto);
+  self->proto_ref = PyWeakref_NewRef(proto, nullptr);
+  self->transport_ref = PyWeakref_NewRef(transport, nullptr);
+  self->slow_write = Py_NewRef(slow_write);
   self->incoming = Py_NewRef(incoming);
   self->outgoing = Py_NewRef(outgoing);
   self->backlog = Py_NewRef(backlog);
@@ -383,7 +432,8 @@ PyObject* tls_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
   self->ssl_read = bound(sslobj, "read");
   self->ssl_write = bound(sslobj, "write");
   self->ssl_pending = bound(sslobj, "pending");
-  if (!self->incoming_write || !self->outgoing_read || !self->ssl_read || !self->ssl_write || !self->ssl_pending) {
+  if (!self->proto_ref || !self->transport_ref || !self->incoming_write || !self->outgoing_read || !self->ssl_read ||
+      !self->ssl_write || !self->ssl_pending) {
     Py_DECREF(self);
     return nullptr;
   }
@@ -392,7 +442,8 @@ PyObject* tls_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
 
 int tls_traverse(TlsObject* self, visitproc visit, void* arg) {
   Py_VISIT(Py_TYPE(self));
-  Py_VISIT(self->proto);
+  Py_VISIT(self->proto_ref);
+  Py_VISIT(self->transport_ref);
   Py_VISIT(self->incoming);
   Py_VISIT(self->incoming_write);
   Py_VISIT(self->outgoing);
@@ -409,33 +460,12 @@ int tls_traverse(TlsObject* self, visitproc visit, void* arg) {
 }
 
 int tls_clear(TlsObject* self) {
-  self->fast_read = false;
-  self->fast_write = false;
-  Py_CLEAR(self->proto);
-  Py_CLEAR(self->incoming);
-  Py_CLEAR(self->incoming_write);
-  Py_CLEAR(self->outgoing);
-  Py_CLEAR(self->outgoing_read);
-  Py_CLEAR(self->ssl_read);
-  Py_CLEAR(self->ssl_write);
-  Py_CLEAR(self->ssl_pending);
-  Py_CLEAR(self->backlog);
+  Py_XDECREF(tls_detach(self, nullptr));
+  Py_CLEAR(self->proto_ref);
+  Py_CLEAR(self->transport_ref);
   Py_CLEAR(self->again);
-  Py_CLEAR(self->data_received);
-  Py_CLEAR(self->raw_write);
   Py_CLEAR(self->slow_write);
   return 0;
-}
-
-// The paths above test fast_* first and take no reference they have not
-// checked, so a cleared object only ever takes the slow path -- which
-// needs proto: a cleared object refuses instead.
-PyObject* tls_feed_checked(TlsObject* self, PyObject* data) {
-  if (self->proto == nullptr) {
-    PyErr_SetString(PyExc_RuntimeError, "TLS protocol is detached");
-    return nullptr;
-  }
-  return tls_feed(self, data);
 }
 
 void tls_dealloc(TlsObject* self) {
@@ -448,9 +478,10 @@ void tls_dealloc(TlsObject* self) {
 }
 
 PyMethodDef tls_methods[] = {
-    {"feed", reinterpret_cast<PyCFunction>(tls_feed_checked), METH_O, "The raw transport's bytes."},
+    {"feed", reinterpret_cast<PyCFunction>(tls_feed), METH_O, "The raw transport's bytes."},
     {"write", reinterpret_cast<PyCFunction>(tls_write), METH_O, "The app transport's write."},
     {"sync", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tls_sync)), METH_FASTCALL, nullptr},
+    {"detach", reinterpret_cast<PyCFunction>(tls_detach), METH_NOARGS, "The connection is lost."},
     {"set_peers", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(tls_set_peers)), METH_FASTCALL,
      nullptr},
     {nullptr, nullptr, 0, nullptr},

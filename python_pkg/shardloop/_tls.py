@@ -19,13 +19,15 @@ The hook every stream kind uses (TCP in _tcp.py, Unix sockets in _unix.py):
 
 `TlsMixin.start_tls` upgrades an open transport in place.
 
-The SSLProtocol is `NativeSSLProtocol` unless SHARDLOOP_TLS=python: asyncio's
-class, whose steady-state data path (bytes in -> SSLObject.read -> the app's
-data_received, app write -> SSLObject.write -> the raw transport) runs in
-`_core.TlsProtocol` (bindings/tls_protocol.cpp). Every state change
-recomputes which of the two paths the native object may take
-(`_shardloop_sync`); everything else (handshake, shutdown, timeouts, flow
-control, errors, BufferedProtocol apps) stays asyncio's own code.
+The SSLProtocol is `NativeSSLProtocol`, or with SHARDLOOP_TLS=python
+`PySSLProtocol` (asyncio's class with a shutdown that cannot outlast
+ssl_shutdown_timeout). NativeSSLProtocol is PySSLProtocol whose steady-state
+data path (bytes in -> SSLObject.read -> the app's data_received, app write
+-> SSLObject.write -> the raw transport) runs in `_core.TlsProtocol`
+(bindings/tls_protocol.cpp). Every state change recomputes which of the two
+paths the native object may take (`_shardloop_sync`); everything else
+(handshake, shutdown, timeouts, flow control, errors, BufferedProtocol apps)
+stays asyncio's own code.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from typing import Any, Callable
 
 from . import _core
 
-# SHARDLOOP_TLS=python: asyncio's SSLProtocol unchanged, for comparison.
+# SHARDLOOP_TLS=python: the SSLProtocol in Python (PySSLProtocol), for comparison.
 NATIVE = os.environ.get("SHARDLOOP_TLS", "native") != "python"
 
 _WRAPPED = sslproto.SSLProtocolState.WRAPPED
@@ -48,7 +50,7 @@ _AGAIN = (sslmod.SSLWantReadError, sslmod.SSLWantWriteError)
 def _synced(name: str) -> Callable[..., Any]:
     """An SSLProtocol method that may change what the native paths are
     allowed to do: asyncio's own, then _shardloop_sync()."""
-    base = getattr(sslproto.SSLProtocol, name)
+    base = getattr(PySSLProtocol, name)
 
     @functools.wraps(base)
     def method(self: Any, *args: Any) -> Any:
@@ -59,7 +61,29 @@ def _synced(name: str) -> Callable[..., Any]:
     return method
 
 
-class NativeSSLProtocol(sslproto.SSLProtocol):
+class PySSLProtocol(sslproto.SSLProtocol):
+    """asyncio's SSLProtocol, with a shutdown that always ends within
+    ssl_shutdown_timeout.
+
+    asyncio's eof_received() moves a WRAPPED connection whose app has paused
+    reading to FLUSHING without a shutdown timer (it waits for the app to
+    read what is left). A close() from there finds the state past WRAPPED
+    and starts nothing, so with the app still paused the connection waited
+    forever. Here that close() starts the timer asyncio's close() would
+    have started."""
+
+    def _start_shutdown(self) -> None:
+        if (self._state is sslproto.SSLProtocolState.FLUSHING
+                and self._shutdown_timeout_handle is None and self._transport is not None):
+            if self._app_transport is not None:
+                self._app_transport._closed = True
+            self._shutdown_timeout_handle = self._loop.call_later(
+                self._ssl_shutdown_timeout, self._check_shutdown_timeout)
+            return
+        super()._start_shutdown()
+
+
+class NativeSSLProtocol(PySSLProtocol):
     """asyncio's SSLProtocol with its data path in _core.TlsProtocol."""
 
     _shardloop_core: Any = None
@@ -71,13 +95,15 @@ class NativeSSLProtocol(sslproto.SSLProtocol):
         # inside it: calling that one directly saves a Python frame per call.
         # A context's own sslobject_class keeps its methods.
         inner = getattr(sslobj, "_sslobj", None) if type(sslobj) is sslmod.SSLObject else None
-        core = _core.TlsProtocol(self, inner if inner is not None else sslobj, self._incoming,
+        # SSLProtocol.__init__ makes the app transport (3.11-3.13).
+        app_transport = self._app_transport
+        core = _core.TlsProtocol(self, app_transport, sslproto._SSLProtocolTransport.write,
+                                 inner if inner is not None else sslobj, self._incoming,
                                  self._outgoing, self._write_backlog, _AGAIN)
         self._shardloop_core = core
         # The raw transport takes bytes from here instead of get_buffer/buffer_updated.
         self._shardloop_feed = core.feed
-        if self._app_transport is not None:  # SSLProtocol.__init__ makes it (3.11-3.13)
-            self._app_transport.write = core.write
+        app_transport.write = core.write
         self._shardloop_peers()
 
     def _shardloop_peers(self) -> None:
@@ -85,12 +111,8 @@ class NativeSSLProtocol(sslproto.SSLProtocol):
         if core is None:
             return
         app = self._app_protocol
-        app_transport = self._app_transport
-        core.set_peers(
-            None if app is None or self._app_protocol_is_buffer else app.data_received,
-            None if self._transport is None else self._transport.write,
-            None if app_transport is None else functools.partial(sslproto._SSLProtocolTransport.write,
-                                                                 app_transport))
+        core.set_peers(None if app is None or self._app_protocol_is_buffer else app.data_received,
+                       None if self._transport is None else self._transport.write)
         self._shardloop_sync()
 
     def _shardloop_sync(self) -> None:
@@ -134,8 +156,7 @@ class NativeSSLProtocol(sslproto.SSLProtocol):
         finally:
             core = self._shardloop_core
             if core is not None:
-                # Nothing more comes; let go of the app and the transports.
-                core.set_peers(None, None, None)
+                core.detach()
 
     _set_state = _synced("_set_state")
     _pause_reading = _synced("_pause_reading")
@@ -170,7 +191,7 @@ def make_ssl_protocol(loop: Any, app_protocol: Any, ssl: Any, waiter: Any, *,
     # ssl=True means "a default context": SSLProtocol makes one from None
     # (and refuses None on the server side, with asyncio's message).
     context = None if isinstance(ssl, bool) else ssl
-    cls = NativeSSLProtocol if NATIVE else sslproto.SSLProtocol
+    cls = NativeSSLProtocol if NATIVE else PySSLProtocol
     return cls(loop, app_protocol, context, waiter, server_side, server_hostname,
                                 call_connection_made=call_connection_made,
                                 ssl_handshake_timeout=ssl_handshake_timeout,
