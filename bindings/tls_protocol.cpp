@@ -152,6 +152,7 @@ int flush_outgoing(TlsObject* self) {
 Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
   Py_ssize_t total = 0;
   for (;;) {
+    if (self->ssl_read == nullptr) return total;  // detached by a callback of OpenSSL's
     if (self->cap - total < kRecord) {
       Py_ssize_t cap = self->cap ? self->cap * 2 : 64 * 1024;
       while (cap - total < kRecord) cap *= 2;
@@ -191,9 +192,11 @@ Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
     // when the BIO is empty and OpenSSL holds no decrypted bytes (Python
     // never turns on read-ahead, so OpenSSL takes from the BIO one record
     // at a time). Not making it saves building an exception per request.
+    if (self->incoming == nullptr) return total;
     Py_ssize_t in = pending_of(self->incoming);
     if (in < 0) return -1;
     if (in == 0) {
+      if (self->ssl_pending == nullptr) return total;
       PyObject* p = call0(self->ssl_pending);
       if (p == nullptr) return -1;
       Py_ssize_t held = PyLong_AsSsize_t(p);
@@ -247,7 +250,12 @@ PyObject* tls_feed(TlsObject* self, PyObject* data) {
       Py_DECREF(r);
     }
     // The tail of _do_read(): flush what the app wrote meanwhile, then
-    // read-side flow control. Flags may have changed in data_received.
+    // read-side flow control. Flags may have changed in data_received, and
+    // a connection lost meanwhile has detached this object: nothing is left.
+    if (self->backlog == nullptr) {
+      result = Py_NewRef(Py_None);
+      goto done;
+    }
     Py_ssize_t backlogged = PyObject_Length(self->backlog);
     if (backlogged < 0) {
       result = finish_error(self);
@@ -266,7 +274,7 @@ PyObject* tls_feed(TlsObject* self, PyObject* data) {
     }
     Py_DECREF(r);
     bool control = !self->fast_read;
-    if (!control) {
+    if (!control && self->incoming != nullptr) {
       // Not paused: only a BIO over the high-water mark would change anything.
       Py_ssize_t in = pending_of(self->incoming);
       if (in < 0) {
