@@ -133,10 +133,12 @@ PyObject* finish_error(TlsObject* self) {
 // nothing to do (the write buffer is empty, below any low-water mark, and
 // the app is not paused).
 int flush_outgoing(TlsObject* self) {
-  Py_ssize_t out = pending_of(self->outgoing);
-  if (out <= 0) return out < 0 ? -1 : 0;
-  PyObject* data = call0(self->outgoing_read);
+  PyObject* data = call0(self->outgoing_read);  // b"" when empty: one call, not pending then read
   if (data == nullptr) return -1;
+  if (!PyBytes_Check(data) || PyBytes_GET_SIZE(data) == 0) {
+    Py_DECREF(data);
+    return 0;
+  }
   PyObject* write = Py_NewRef(self->raw_write);
   PyObject* r = PyObject_Vectorcall(write, &data, 1, nullptr);
   Py_DECREF(write);
@@ -187,16 +189,19 @@ Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
       *eof = true;
       return total;
     }
+    const bool filled = count == self->cap - total;
     total += count;
     // asyncio reads until SSLWantReadError; that last read can only fail
     // when the BIO is empty and OpenSSL holds no decrypted bytes (Python
     // never turns on read-ahead, so OpenSSL takes from the BIO one record
-    // at a time). Not making it saves building an exception per request.
+    // at a time, and a read that did not fill the room it was given has
+    // emptied its record). Not making it saves building an exception per
+    // request.
     if (self->incoming == nullptr) return total;
     Py_ssize_t in = pending_of(self->incoming);
     if (in < 0) return -1;
     if (in == 0) {
-      if (self->ssl_pending == nullptr) return total;
+      if (!filled || self->ssl_pending == nullptr) return total;
       PyObject* p = call0(self->ssl_pending);
       if (p == nullptr) return -1;
       Py_ssize_t held = PyLong_AsSsize_t(p);
