@@ -185,6 +185,20 @@ def port_of(server):
     return server.sockets[0].getsockname()[1]
 
 
+async def connected(lp, certs, server_cls, client_cls=Recorder):
+    """(server, client transport, client protocol, server protocols): a TLS
+    server making server_cls protocols on lp, and one client connected."""
+    factory, servers = collecting_factory(server_cls)
+    server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+    try:
+        tr, client = await lp.create_connection(client_cls, "localhost", port_of(server),
+                                                ssl=certs.client_context())
+    except BaseException:
+        await close_server(server)
+        raise
+    return server, tr, client, servers
+
+
 # ============================================================ data through TLS
 
 
@@ -613,9 +627,11 @@ def test_server_handshake_timeout(loop, certs):
     assert same_as_asyncio(loop, scenario) == (b"", [[]])
 
 
-def test_shutdown_timeout(loop, certs):
+@pytest.mark.parametrize("paused", [False, True], ids=["reading", "reading_paused"])
+def test_shutdown_timeout(loop, certs, paused):
     """The peer never answers close_notify: the connection is dropped after
-    ssl_shutdown_timeout and the protocol hears why."""
+    ssl_shutdown_timeout and the protocol hears why, also when the app had
+    paused reading before it closed."""
     def server(lst, done):
         conn, _ = lst.accept()
         with certs.server_context().wrap_socket(blocking(conn), server_side=True) as s:
@@ -630,6 +646,8 @@ def test_shutdown_timeout(loop, certs):
                 tr, proto = await lp.create_connection(Recorder, "localhost", lst.getsockname()[1],
                                                        ssl=certs.client_context(), ssl_shutdown_timeout=0.2)
                 await proto.wait_for_bytes(2)
+                if paused:
+                    tr.pause_reading()
                 tr.close()
                 exc = await proto.lost
             finally:
@@ -875,11 +893,8 @@ def test_steady_state_runs_without_sslprotocol_frames(sl, certs, monkeypatch, na
     loop = sl.new_event_loop()
 
     async def main():
-        factory, servers = collecting_factory(Echo)
-        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        server, tr, client, servers = await connected(loop, certs, Echo)
         try:
-            tr, client = await loop.create_connection(Recorder, "localhost", port_of(server),
-                                                      ssl=certs.client_context())
             tr.write(b"warm-up")
             await client.wait_for_bytes(7)
             calls = _sslproto_calls(monkeypatch)
@@ -990,11 +1005,8 @@ def test_large_transfers_both_ways_with_pauses(loop, certs, server_kind):
             self.paused_writing.set_result(None)
 
     async def main():
-        factory, servers = collecting_factory(server_kind)
-        server = await loop.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        server, tr, client, servers = await connected(loop, certs, server_kind, Client)
         try:
-            tr, client = await loop.create_connection(Client, "localhost", port_of(server),
-                                                      ssl=certs.client_context())
             tr.set_write_buffer_limits(high=256 * 1024)
             i = 0
             step = 70_001
@@ -1027,11 +1039,8 @@ def test_app_error_in_data_received_is_fatal(loop, certs):
 
     async def scenario(lp):
         contexts = record_exceptions(lp)
-        factory, servers = collecting_factory(Failing)
-        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        server, tr, client, servers = await connected(lp, certs, Failing)
         try:
-            tr, client = await lp.create_connection(Recorder, "localhost", port_of(server),
-                                                    ssl=certs.client_context())
             tr.write(b"boom")
             await servers[0].lost
             await client.lost
@@ -1057,11 +1066,8 @@ def test_write_and_close_inside_data_received(loop, certs):
             self.transport.write(b"dropped")
 
     async def scenario(lp):
-        factory, servers = collecting_factory(AnswerAndClose)
-        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        server, tr, client, servers = await connected(lp, certs, AnswerAndClose)
         try:
-            tr, client = await lp.create_connection(Recorder, "localhost", port_of(server),
-                                                    ssl=certs.client_context())
             tr.write(b"question")
             await client.lost
             await servers[0].lost
@@ -1089,11 +1095,8 @@ def test_abort_mid_stream(loop, certs):
             self.loop.call_later(0.001, self.push)
 
     async def scenario(lp):
-        factory, servers = collecting_factory(Streamer)
-        server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+        server, tr, client, servers = await connected(lp, certs, Streamer)
         try:
-            tr, client = await lp.create_connection(Recorder, "localhost", port_of(server),
-                                                    ssl=certs.client_context())
             await client.wait_for_bytes(256 * 1024)
             tr.abort()
             tr.write(b"after abort")  # dropped, as asyncio drops it
@@ -1104,35 +1107,6 @@ def test_abort_mid_stream(loop, certs):
             await close_server(server)
 
     assert same_as_asyncio(loop, scenario, 20) == (None, ("lost", None), True, "made")
-
-
-def test_shutdown_timeout_with_reading_paused(loop, certs):
-    """The app pauses reading, then closes; the peer never answers
-    close_notify: the connection is dropped after ssl_shutdown_timeout."""
-    def server(lst, done):
-        conn, _ = lst.accept()
-        with certs.server_context().wrap_socket(blocking(conn), server_side=True) as s:
-            s.sendall(b"hi")
-            done.wait(PEER_TIMEOUT)
-
-    async def scenario(lp):
-        done = threading.Event()
-        with listener() as lst:
-            peer = asyncio.ensure_future(in_thread(server, lst, done))
-            try:
-                tr, proto = await lp.create_connection(Recorder, "localhost", lst.getsockname()[1],
-                                                       ssl=certs.client_context(), ssl_shutdown_timeout=0.2)
-                await proto.wait_for_bytes(2)
-                tr.pause_reading()
-                tr.close()
-                exc = await proto.lost
-            finally:
-                done.set()
-            await peer
-            return type(exc).__name__, str(exc), proto.events
-
-    assert same_as_asyncio(loop, scenario) == ("TimeoutError", "SSL shutdown timed out",
-                                               ["made", ("lost", "TimeoutError")])
 
 
 def test_close_after_eof_with_reading_paused_is_bounded(loop, certs):
