@@ -259,7 +259,9 @@ class TcpTransport(TransportBase, asyncio.Transport):
         self._write(data)
 
     def _data_received_failed(self, exc: BaseException) -> None:
-        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        # A TLS protocol's native feed stands for get_buffer/buffer_updated.
+        call = "buffer_updated" if self._buffered else "data_received"
+        self._fatal_error(exc, f"Fatal error: protocol.{call}() call failed.")
 
     def _write(self, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
