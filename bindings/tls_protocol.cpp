@@ -4,14 +4,14 @@
 // sslproto.SSLProtocol (its state machine, handshake, shutdown, timeouts,
 // errors) with this object doing the two paths every request takes once the
 // handshake is done: encrypted bytes in -> SSLObject.read -> the app's
-// data_received, and app transport.write -> SSLObject.write -> the raw
-// transport. It drives the connection's SSLObject and its two MemoryBIOs
+// data_received (or get_buffer/buffer_updated), and app transport.write ->
+// SSLObject.write -> the raw transport. It drives the connection's SSLObject and its two MemoryBIOs
 // through their methods (Python's SSLContext does not expose its SSL*).
 //
 // The Python side tells it, through sync(), whether each path may run
 // here: only in the WRAPPED state with no flow control engaged and nothing
-// backlogged. Anything else (handshake, shutdown, pauses, a BufferedProtocol
-// app, errors) is handed to the SSLProtocol's own methods, so the rules stay
+// backlogged. Anything else (handshake, shutdown, pauses, errors) is
+// handed to the SSLProtocol's own methods, so the rules stay
 // asyncio's. What both paths skip, they skip because it is a no-op in that
 // state: see feed() and write() below.
 #include <cstdlib>
@@ -40,7 +40,9 @@ struct TlsObject {
   PyObject* ssl_pending;
   PyObject* backlog;         // the SSLProtocol's _write_backlog (a deque)
   PyObject* again;           // (SSLWantReadError, SSLWantWriteError)
-  PyObject* data_received;   // the app protocol's, or nullptr
+  PyObject* data_received;   // a Protocol app's, or nullptr
+  PyObject* get_buffer;      // a BufferedProtocol app's, or nullptr
+  PyObject* buffer_updated;
   PyObject* raw_write;       // the raw transport's write, or nullptr
   bool fast_read;
   bool fast_write;
@@ -61,6 +63,7 @@ PyObject* s_control_ssl_reading;
 PyObject* s_feed_slow;
 PyObject* s_close_notify;
 PyObject* s_write_appdata;
+PyObject* s_read_later;
 PyObject* s_fatal_message;
 
 // An SSL record carries at most 16 KiB of plaintext; one read returns at
@@ -148,13 +151,57 @@ int flush_outgoing(TlsObject* self) {
   return 0;
 }
 
-// Reads everything the incoming BIO holds into self->buf; returns the
-// byte count, with *eof set when the peer's close_notify came, or -1 with
-// an error set (SSL errors other than want-read/want-write).
-Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
+// One SSLObject.read(room, buffer) into [at, at + room): 1 with *count set
+// (0 at the peer's close_notify), 0 when OpenSSL wants more bytes (asyncio's
+// SSLAgainErrors), -1 with an error set.
+int ssl_read_into(TlsObject* self, char* at, Py_ssize_t room, Py_ssize_t* count) {
+  if (self->ssl_read == nullptr) return 0;  // detached by a callback of OpenSSL's
+  PyObject* size = PyLong_FromSsize_t(room);
+  PyObject* view = PyMemoryView_FromMemory(at, room, PyBUF_WRITE);
+  PyObject* n = nullptr;
+  if (size != nullptr && view != nullptr) {
+    PyObject* args[] = {size, view};
+    n = PyObject_Vectorcall(self->ssl_read, args, 2, nullptr);
+  }
+  Py_XDECREF(size);
+  Py_XDECREF(view);
+  if (n == nullptr) {
+    if (!PyErr_ExceptionMatches(self->again)) return -1;
+    PyErr_Clear();
+    return 0;
+  }
+  *count = PyLong_AsSsize_t(n);
+  Py_DECREF(n);
+  return *count < 0 ? -1 : 1;
+}
+
+// After a read of `count` bytes into `room`: 1 if the next read can only
+// raise SSLWantReadError, 0 if it may return more, -1 with an error set.
+// asyncio reads until that error; the read can only fail when the BIO is
+// empty and OpenSSL holds no decrypted bytes (Python never turns on
+// read-ahead, so OpenSSL takes from the BIO one record at a time, and a
+// read that did not fill its room has emptied its record). Not making it
+// saves building an exception per request.
+int drained(TlsObject* self, Py_ssize_t count, Py_ssize_t room) {
+  if (self->incoming == nullptr || self->ssl_pending == nullptr) return 1;
+  Py_ssize_t in = pending_of(self->incoming);
+  if (in != 0) return in < 0 ? -1 : 0;
+  if (count < room) return 1;
+  PyObject* p = call0(self->ssl_pending);
+  if (p == nullptr) return -1;
+  Py_ssize_t held = PyLong_AsSsize_t(p);
+  Py_DECREF(p);
+  if (held < 0) return -1;
+  return held == 0 ? 1 : 0;
+}
+
+// _do_read__copied(): everything the incoming BIO holds, decrypted into
+// self->buf, then one data_received(); *eof when the peer's close_notify
+// came. -1 with an error set: asyncio drops what was read before an error,
+// as here.
+int read_copied(TlsObject* self, bool* eof) {
   Py_ssize_t total = 0;
   for (;;) {
-    if (self->ssl_read == nullptr) return total;  // detached by a callback of OpenSSL's
     if (self->cap - total < kRecord) {
       Py_ssize_t cap = self->cap ? self->cap * 2 : 64 * 1024;
       while (cap - total < kRecord) cap *= 2;
@@ -166,50 +213,91 @@ Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
       self->buf = grown;
       self->cap = cap;
     }
-    PyObject* room = PyLong_FromSsize_t(self->cap - total);
-    PyObject* view = PyMemoryView_FromMemory(self->buf + total, self->cap - total, PyBUF_WRITE);
-    PyObject* n = nullptr;
-    if (room != nullptr && view != nullptr) {
-      PyObject* args[] = {room, view};
-      n = PyObject_Vectorcall(self->ssl_read, args, 2, nullptr);
-    }
-    Py_XDECREF(room);
-    Py_XDECREF(view);
-    if (n == nullptr) {
-      if (PyErr_ExceptionMatches(self->again)) {
-        PyErr_Clear();
-        return total;
-      }
-      return -1;
-    }
-    Py_ssize_t count = PyLong_AsSsize_t(n);
-    Py_DECREF(n);
-    if (count < 0) return -1;
+    Py_ssize_t room = self->cap - total, count = 0;
+    int rc = ssl_read_into(self, self->buf + total, room, &count);
+    if (rc < 0) return -1;
+    if (rc == 0) break;
     if (count == 0) {
       *eof = true;
-      return total;
+      break;
     }
-    const bool filled = count == self->cap - total;
     total += count;
-    // asyncio reads until SSLWantReadError; that last read can only fail
-    // when the BIO is empty and OpenSSL holds no decrypted bytes (Python
-    // never turns on read-ahead, so OpenSSL takes from the BIO one record
-    // at a time, and a read that did not fill the room it was given has
-    // emptied its record). Not making it saves building an exception per
-    // request.
-    if (self->incoming == nullptr) return total;
-    Py_ssize_t in = pending_of(self->incoming);
-    if (in < 0) return -1;
-    if (in == 0) {
-      if (!filled || self->ssl_pending == nullptr) return total;
-      PyObject* p = call0(self->ssl_pending);
-      if (p == nullptr) return -1;
-      Py_ssize_t held = PyLong_AsSsize_t(p);
-      Py_DECREF(p);
-      if (held < 0) return -1;
-      if (held == 0) return total;
-    }
+    rc = drained(self, count, room);
+    if (rc < 0) return -1;
+    if (rc == 1) break;
   }
+  if (total == 0) return 0;
+  PyObject* bytes = PyBytes_FromStringAndSize(self->buf, total);
+  PyObject* cb = Py_XNewRef(self->data_received);
+  PyObject* r = bytes && cb ? PyObject_Vectorcall(cb, &bytes, 1, nullptr) : nullptr;
+  if (bytes && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
+  Py_XDECREF(cb);
+  Py_XDECREF(bytes);
+  if (r == nullptr) return -1;
+  Py_DECREF(r);
+  return 0;
+}
+
+// _do_read__buffered(): get_buffer(bytes in the BIO), decrypt into it until
+// it is full (then read again on the next iteration, as asyncio schedules
+// it) or OpenSSL wants more, one buffer_updated(); *eof as above.
+int read_buffered(TlsObject* self, bool* eof) {
+  Py_ssize_t size = pending_of(self->incoming);
+  if (size < 0) return -1;
+  PyObject* hint = PyLong_FromSsize_t(size);
+  if (hint == nullptr) return -1;
+  PyObject* get_buffer = Py_NewRef(self->get_buffer);
+  PyObject* buf = PyObject_Vectorcall(get_buffer, &hint, 1, nullptr);
+  Py_DECREF(get_buffer);
+  Py_DECREF(hint);
+  if (buf == nullptr) return -1;
+  Py_buffer view;
+  int got = PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE);
+  Py_DECREF(buf);
+  if (got < 0) return -1;
+  const Py_ssize_t wants = view.len;
+  Py_ssize_t offset = 0, count = wants > 0 ? 1 : 0;
+  bool full = false;
+  // asyncio's first read asks for len(buf) bytes; an empty buffer reads
+  // nothing and counts as the peer's close_notify there too.
+  while (wants > 0) {
+    Py_ssize_t room = wants - offset;
+    int rc = ssl_read_into(self, static_cast<char*>(view.buf) + offset, room, &count);
+    if (rc < 0) {
+      PyBuffer_Release(&view);
+      return -1;
+    }
+    if (rc == 0 || count == 0) break;
+    offset += count;
+    if (offset >= wants) {
+      full = true;
+      break;
+    }
+    rc = drained(self, count, room);
+    if (rc < 0) {
+      PyBuffer_Release(&view);
+      return -1;
+    }
+    if (rc == 1) break;
+  }
+  PyBuffer_Release(&view);
+  if (full) {
+    PyObject* r = call_method0(self, s_read_later);
+    if (r == nullptr) return -1;
+    Py_DECREF(r);
+  }
+  if (offset > 0) {
+    PyObject* cb = Py_XNewRef(self->buffer_updated);
+    PyObject* n = PyLong_FromSsize_t(offset);
+    PyObject* r = n && cb ? PyObject_Vectorcall(cb, &n, 1, nullptr) : nullptr;
+    if (n && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
+    Py_XDECREF(cb);
+    Py_XDECREF(n);
+    if (r == nullptr) return -1;
+    Py_DECREF(r);
+  }
+  if (count == 0) *eof = true;
+  return 0;
 }
 
 // feed(data): the raw transport's bytes (its data_received fast path).
@@ -217,7 +305,9 @@ Py_ssize_t read_plaintext(TlsObject* self, bool* eof) {
 // -> _do_read__copied(), then the tail of _do_read(); otherwise the
 // protocol's own get_buffer()/buffer_updated() take the bytes.
 PyObject* tls_feed(TlsObject* self, PyObject* data) {
-  if (!self->fast_read || self->data_received == nullptr || self->raw_write == nullptr) {
+  const bool buffered = self->data_received == nullptr;
+  if (!self->fast_read || self->raw_write == nullptr ||
+      (buffered && (self->get_buffer == nullptr || self->buffer_updated == nullptr))) {
     return call_proto(self, s_feed_slow, &data, 1);
   }
   Py_INCREF(self);  // the app may close and drop everything
@@ -227,24 +317,9 @@ PyObject* tls_feed(TlsObject* self, PyObject* data) {
   Py_DECREF(r);
   {
     bool eof = false;
-    Py_ssize_t n = read_plaintext(self, &eof);
-    if (n < 0) {
-      // asyncio drops what was read before the error, as here.
+    if ((buffered ? read_buffered(self, &eof) : read_copied(self, &eof)) < 0) {
       result = finish_error(self);
       goto done;
-    }
-    if (n > 0) {
-      PyObject* bytes = PyBytes_FromStringAndSize(self->buf, n);
-      PyObject* cb = Py_XNewRef(self->data_received);
-      r = bytes && cb ? PyObject_Vectorcall(cb, &bytes, 1, nullptr) : nullptr;
-      if (bytes && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
-      Py_XDECREF(cb);
-      Py_XDECREF(bytes);
-      if (r == nullptr) {
-        result = finish_error(self);
-        goto done;
-      }
-      Py_DECREF(r);
     }
     if (eof) {
       r = call_method0(self, s_close_notify);
@@ -379,18 +454,21 @@ PyObject* tls_sync(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
-// set_peers(data_received, raw_write): None for what is gone. The protocol
-// sets both to None when the connection is lost, which also breaks the
-// cycles through the app protocol and the raw transport.
+// set_peers(data_received, get_buffer, buffer_updated, raw_write): None for
+// what is gone or does not apply. The protocol sets them all to None when
+// the connection is lost (detach), which also breaks the cycles through the
+// app protocol and the raw transport.
 PyObject* tls_set_peers(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, raw_write)");
+  if (nargs != 4) {
+    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, get_buffer, buffer_updated, raw_write)");
     return nullptr;
   }
   auto opt = [](PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); };
   Py_XSETREF(self->data_received, opt(args[0]));
-  Py_XSETREF(self->raw_write, opt(args[1]));
-  if (self->data_received == nullptr || self->raw_write == nullptr) {
+  Py_XSETREF(self->get_buffer, opt(args[1]));
+  Py_XSETREF(self->buffer_updated, opt(args[2]));
+  Py_XSETREF(self->raw_write, opt(args[3]));
+  if (self->raw_write == nullptr) {
     self->fast_read = false;
     self->fast_write = false;
   }
@@ -406,6 +484,8 @@ PyObject* tls_detach(TlsObject* self, PyObject*) {
   self->fast_read = false;
   self->fast_write = false;
   Py_CLEAR(self->data_received);
+  Py_CLEAR(self->get_buffer);
+  Py_CLEAR(self->buffer_updated);
   Py_CLEAR(self->raw_write);
   Py_CLEAR(self->incoming);
   Py_CLEAR(self->incoming_write);
@@ -467,6 +547,8 @@ int tls_traverse(TlsObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->backlog);
   Py_VISIT(self->again);
   Py_VISIT(self->data_received);
+  Py_VISIT(self->get_buffer);
+  Py_VISIT(self->buffer_updated);
   Py_VISIT(self->raw_write);
   Py_VISIT(self->slow_write);
   return 0;
@@ -534,7 +616,8 @@ int init_tls_type(PyObject* module) {
   if (!intern(&s_pending, "pending") || !intern(&s_fatal_error, "_fatal_error") || !intern(&s_do_write, "_do_write") ||
       !intern(&s_process_outgoing, "_process_outgoing") || !intern(&s_control_ssl_reading, "_control_ssl_reading") ||
       !intern(&s_feed_slow, "_shardloop_feed_slow") || !intern(&s_close_notify, "_shardloop_close_notify") ||
-      !intern(&s_write_appdata, "_write_appdata") || !intern(&s_fatal_message, "Fatal error on SSL protocol")) {
+      !intern(&s_write_appdata, "_write_appdata") ||
+      !intern(&s_read_later, "_shardloop_read_later") || !intern(&s_fatal_message, "Fatal error on SSL protocol")) {
     return -1;
   }
   TlsType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tls_spec, nullptr));

@@ -26,8 +26,8 @@ data path (bytes in -> SSLObject.read -> the app's data_received, app write
 -> SSLObject.write -> the raw transport) runs in `_core.TlsProtocol`
 (bindings/tls_protocol.cpp). Every state change recomputes which of the two
 paths the native object may take (`_shardloop_sync`); everything else
-(handshake, shutdown, timeouts, flow control, errors, BufferedProtocol apps)
-stays asyncio's own code.
+(handshake, shutdown, timeouts, flow control, errors) stays asyncio's own
+code.
 """
 
 from __future__ import annotations
@@ -111,7 +111,10 @@ class NativeSSLProtocol(PySSLProtocol):
         if core is None:
             return
         app = self._app_protocol
-        core.set_peers(None if app is None or self._app_protocol_is_buffer else app.data_received,
+        buffered = app is not None and self._app_protocol_is_buffer
+        core.set_peers(None if app is None or buffered else app.data_received,
+                       self._app_protocol_get_buffer if buffered else None,
+                       self._app_protocol_buffer_updated if buffered else None,
                        None if self._transport is None else self._transport.write)
         self._shardloop_sync()
 
@@ -134,6 +137,10 @@ class NativeSSLProtocol(PySSLProtocol):
             buf[:n] = view[:n]
             view = view[n:]
             self.buffer_updated(n)
+
+    def _shardloop_read_later(self) -> None:
+        # _do_read__buffered() filled the app's buffer: the rest next time.
+        self._loop.call_soon(self._do_read)
 
     def _shardloop_close_notify(self) -> None:
         # _do_read__copied's answer to an empty read: the peer's close_notify.

@@ -883,17 +883,39 @@ def _sslproto_calls(monkeypatch):
     return calls
 
 
+class BufferedEcho(asyncio.BufferedProtocol):
+    """An echoing BufferedProtocol whose buffer holds a whole request (a
+    full buffer makes SSLProtocol read the rest in a later _do_read(), as
+    BufferedPausingEcho's does)."""
+
+    def __init__(self):
+        self.buf = bytearray(64 * 1024)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        # A memoryview: asyncio's SSLProtocol fills the rest of the buffer
+        # through buf[offset:], which on a bytearray would be a copy.
+        return memoryview(self.buf)
+
+    def buffer_updated(self, nbytes):
+        self.transport.write(bytes(self.buf[:nbytes]))
+
+
+@pytest.mark.parametrize("server_kind", [Echo, BufferedEcho], ids=["protocol", "buffered"])
 @pytest.mark.parametrize("native", [True, False], ids=["native", "pysslproto"])
-def test_steady_state_runs_without_sslprotocol_frames(sl, certs, monkeypatch, native):
+def test_steady_state_runs_without_sslprotocol_frames(sl, certs, monkeypatch, native, server_kind):
     """After the handshake, 200 echo round trips go through
-    _core.TlsProtocol on both ends: none of SSLProtocol's data-path methods
-    runs. With SHARDLOOP_TLS=python every round trip goes through them,
-    which is what makes this test able to fail."""
+    _core.TlsProtocol on both ends (the server's app a Protocol or a
+    BufferedProtocol): none of SSLProtocol's data-path methods runs. With
+    SHARDLOOP_TLS=python every round trip goes through them, which is what
+    makes this test able to fail."""
     monkeypatch.setattr(sl._tls, "NATIVE", native)
     loop = sl.new_event_loop()
 
     async def main():
-        server, tr, client, servers = await connected(loop, certs, Echo)
+        server, tr, client, servers = await connected(loop, certs, server_kind)
         try:
             tr.write(b"warm-up")
             await client.wait_for_bytes(7)
