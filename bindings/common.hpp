@@ -56,6 +56,10 @@ inline void set_error_from_cpp() noexcept {
   }
 }
 
+// A new reference to `o`, or nullptr for None: how the optional callbacks
+// the transports hand over are stored.
+inline PyObject* new_ref_unless_none(PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); }
+
 // KeyboardInterrupt and SystemExit leave run_forever(); everything else
 // goes to the exception handler, as in asyncio.
 inline bool exception_must_propagate() {

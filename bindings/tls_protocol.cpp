@@ -124,8 +124,8 @@ bool to_fatal_error(TlsObject* self) {
   return true;
 }
 
-// Error leaving the data path: true if handled (return None), false if the
-// error stays raised.
+// An error leaving the data path: None once _fatal_error() has it, nullptr
+// while it stays raised for the caller.
 PyObject* finish_error(TlsObject* self) {
   if (to_fatal_error(self)) Py_RETURN_NONE;
   return nullptr;
@@ -195,6 +195,19 @@ int drained(TlsObject* self, Py_ssize_t count, Py_ssize_t room) {
   return held == 0 ? 1 : 0;
 }
 
+// The app's data_received(bytes) or buffer_updated(n), taking `arg`; 0, or
+// -1 with an error set.
+int call_app(PyObject* callback, PyObject* arg) {
+  PyObject* cb = Py_XNewRef(callback);
+  PyObject* r = arg && cb ? PyObject_Vectorcall(cb, &arg, 1, nullptr) : nullptr;
+  if (arg && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
+  Py_XDECREF(cb);
+  Py_XDECREF(arg);
+  if (r == nullptr) return -1;
+  Py_DECREF(r);
+  return 0;
+}
+
 // _do_read__copied(): everything the incoming BIO holds, decrypted into
 // self->buf, then one data_received(); *eof when the peer's close_notify
 // came. -1 with an error set: asyncio drops what was read before an error,
@@ -227,15 +240,7 @@ int read_copied(TlsObject* self, bool* eof) {
     if (rc == 1) break;
   }
   if (total == 0) return 0;
-  PyObject* bytes = PyBytes_FromStringAndSize(self->buf, total);
-  PyObject* cb = Py_XNewRef(self->data_received);
-  PyObject* r = bytes && cb ? PyObject_Vectorcall(cb, &bytes, 1, nullptr) : nullptr;
-  if (bytes && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
-  Py_XDECREF(cb);
-  Py_XDECREF(bytes);
-  if (r == nullptr) return -1;
-  Py_DECREF(r);
-  return 0;
+  return call_app(self->data_received, PyBytes_FromStringAndSize(self->buf, total));
 }
 
 // _do_read__buffered(): get_buffer(bytes in the BIO), decrypt into it until
@@ -286,16 +291,7 @@ int read_buffered(TlsObject* self, bool* eof) {
     if (r == nullptr) return -1;
     Py_DECREF(r);
   }
-  if (offset > 0) {
-    PyObject* cb = Py_XNewRef(self->buffer_updated);
-    PyObject* n = PyLong_FromSsize_t(offset);
-    PyObject* r = n && cb ? PyObject_Vectorcall(cb, &n, 1, nullptr) : nullptr;
-    if (n && cb == nullptr) PyErr_SetString(PyExc_RuntimeError, "no app protocol");
-    Py_XDECREF(cb);
-    Py_XDECREF(n);
-    if (r == nullptr) return -1;
-    Py_DECREF(r);
-  }
+  if (offset > 0 && call_app(self->buffer_updated, PyLong_FromSsize_t(offset)) < 0) return -1;
   if (count == 0) *eof = true;
   return 0;
 }
@@ -463,11 +459,10 @@ PyObject* tls_set_peers(TlsObject* self, PyObject* const* args, Py_ssize_t nargs
     PyErr_SetString(PyExc_TypeError, "set_peers(data_received, get_buffer, buffer_updated, raw_write)");
     return nullptr;
   }
-  auto opt = [](PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); };
-  Py_XSETREF(self->data_received, opt(args[0]));
-  Py_XSETREF(self->get_buffer, opt(args[1]));
-  Py_XSETREF(self->buffer_updated, opt(args[2]));
-  Py_XSETREF(self->raw_write, opt(args[3]));
+  Py_XSETREF(self->data_received, new_ref_unless_none(args[0]));
+  Py_XSETREF(self->get_buffer, new_ref_unless_none(args[1]));
+  Py_XSETREF(self->buffer_updated, new_ref_unless_none(args[2]));
+  Py_XSETREF(self->raw_write, new_ref_unless_none(args[3]));
   if (self->raw_write == nullptr) {
     self->fast_read = false;
     self->fast_write = false;
