@@ -4,6 +4,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <cstring>
 #include <exception>
 #include <new>
 
@@ -59,6 +60,19 @@ inline void set_error_from_cpp() noexcept {
 // A new reference to `o`, or nullptr for None: how the optional callbacks
 // the transports hand over are stored.
 inline PyObject* new_ref_unless_none(PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); }
+
+// The OSError for a libuv code (a negated errno value), worded by the C
+// library as Python's own socket calls word it; a new reference.
+inline PyObject* uv_os_error(int code) {
+  return PyObject_CallFunction(PyExc_OSError, "is", -code, std::strerror(-code));
+}
+
+// A transport's `context=` argument: a contextvars.Context or None.
+inline bool check_context_arg(PyObject* context) {
+  if (context == Py_None || PyContext_CheckExact(context)) return true;
+  PyErr_Format(PyExc_TypeError, "context must be a contextvars.Context or None, got %R", context);
+  return false;
+}
 
 // KeyboardInterrupt and SystemExit leave run_forever(); everything else
 // goes to the exception handler, as in asyncio.

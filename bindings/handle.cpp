@@ -130,8 +130,7 @@ int handle_traverse(HandleObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->callback);
   Py_VISIT(self->args);
   Py_VISIT(self->context);
-  Py_VISIT(self->source_traceback);
-  Py_VISIT(self->repr);
+  Py_VISIT(self->debug);
   return 0;
 }
 
@@ -139,8 +138,7 @@ int handle_clear(HandleObject* self) {
   // The loop stays: a queued handle may still be run or discarded by it.
   handle_clear_call(self);
   Py_CLEAR(self->context);
-  Py_CLEAR(self->source_traceback);
-  Py_CLEAR(self->repr);
+  Py_CLEAR(self->debug);
   return 0;
 }
 
@@ -160,8 +158,30 @@ void handle_dealloc(HandleObject* self) {
   Py_DECREF(type);
 }
 
+enum DebugItem : Py_ssize_t { kSourceTraceback = 0, kFrozenRepr = 1 };
+
+// Borrowed; None when not known (or not in debug mode).
+PyObject* debug_item(HandleObject* self, DebugItem item) {
+  return self->debug ? PyList_GET_ITEM(self->debug, item) : Py_None;
+}
+
+// Steals `value`; -1 with an exception set on failure.
+int set_debug_item(HandleObject* self, DebugItem item, PyObject* value) {
+  if (self->debug == nullptr) {
+    self->debug = PyList_New(2);
+    if (self->debug == nullptr) {
+      Py_DECREF(value);
+      return -1;
+    }
+    PyList_SET_ITEM(self->debug, kSourceTraceback, Py_NewRef(Py_None));
+    PyList_SET_ITEM(self->debug, kFrozenRepr, Py_NewRef(Py_None));
+  }
+  return PyList_SetItem(self->debug, item, value);
+}
+
 PyObject* handle_repr(HandleObject* self) {
-  if (self->repr) return Py_NewRef(self->repr);
+  PyObject* frozen = debug_item(self, kFrozenRepr);
+  if (frozen != Py_None) return Py_NewRef(frozen);
   PyObject* arg = reinterpret_cast<PyObject*>(self);
   return upcall(self->loop, Upcall::handle_repr, &arg, 1);
 }
@@ -198,10 +218,10 @@ PyObject* handle_cancel(HandleObject* self, PyObject*) {
   self->cancelled = true;
   Py_END_CRITICAL_SECTION();
   if (was_cancelled) Py_RETURN_NONE;
-  if (self->loop->debug && self->repr == nullptr) {
+  if (self->loop->debug && debug_item(self, kFrozenRepr) == Py_None) {
     // Keep what it was for the repr: the callback is about to be dropped.
-    self->repr = handle_repr(self);
-    if (self->repr == nullptr) return nullptr;
+    PyObject* repr = handle_repr(self);
+    if (repr == nullptr || set_debug_item(self, kFrozenRepr, repr) < 0) return nullptr;
   }
   if (Py_IS_TYPE(self, TimerHandleType) || PyObject_TypeCheck(self, TimerHandleType)) {
     unschedule(reinterpret_cast<TimerHandleObject*>(self));
@@ -243,7 +263,7 @@ PyObject* get_callback(HandleObject* self, void*) {
 }
 
 PyObject* get_source_traceback(HandleObject* self, void*) {
-  return Py_NewRef(self->source_traceback ? self->source_traceback : Py_None);
+  return Py_NewRef(debug_item(self, kSourceTraceback));
 }
 
 PyMethodDef handle_methods[] = {
@@ -291,7 +311,7 @@ PyType_Spec handle_spec = {
 double when_of(PyObject* self) { return reinterpret_cast<TimerHandleObject*>(self)->node.when; }
 
 PyObject* timer_when(PyObject* self, PyObject*) {
-  if (reinterpret_cast<TimerHandleObject*>(self)->when_is_int) return PyLong_FromDouble(when_of(self));
+  if (reinterpret_cast<HandleObject*>(self)->when_is_int) return PyLong_FromDouble(when_of(self));
   return PyFloat_FromDouble(when_of(self));
 }
 
@@ -399,13 +419,13 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
   self->callback = Py_NewRef(callback);
   self->args = tuple;
   self->context = ctx;
-  self->source_traceback = nullptr;
-  self->repr = nullptr;
+  self->debug = nullptr;
   self->weakreflist = nullptr;
   self->cancelled = false;
+  self->when_is_int = false;
   if (loop->debug) {
-    self->source_traceback = upcall(loop, Upcall::extract_stack);
-    if (self->source_traceback == nullptr) {
+    PyObject* stack = upcall(loop, Upcall::extract_stack);
+    if (stack == nullptr || set_debug_item(self, kSourceTraceback, stack) < 0) {
       Py_DECREF(self);
       return nullptr;
     }

@@ -15,19 +15,23 @@ struct HandleObject {
   PyObject* callback;          // cleared by cancel()
   PyObject* args;              // tuple or nullptr when there are none
   PyObject* context;
-  PyObject* source_traceback;  // debug mode only
-  PyObject* repr;              // frozen by cancel() in debug mode
+  // Debug mode only: [source traceback, repr frozen by cancel()], each None
+  // until known. One pointer for the two keeps a TimerHandle within
+  // pymalloc's 128-byte class (144 with two).
+  PyObject* debug;
   PyObject* weakreflist;
   bool cancelled;
+  // TimerHandle only (kept here, in the padding after `cancelled`, so a
+  // timer handle is 8 bytes smaller): call_at() was given an int, and
+  // asyncio's TimerHandle keeps the value it was given, so when() and _when
+  // give an int back (aiohttp rounds its timeouts up to whole seconds and
+  // checks that). Exact below 2**53.
+  bool when_is_int;
 };
 
 struct TimerHandleObject {
   HandleObject base;
   TimerNode node;
-  // call_at() was given an int: asyncio's TimerHandle keeps the value it
-  // was given, so when() and _when give an int back (aiohttp rounds its
-  // timeouts up to whole seconds and checks that). Exact below 2**53.
-  bool when_is_int;
 };
 
 extern PyTypeObject* HandleType;

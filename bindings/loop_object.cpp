@@ -299,7 +299,7 @@ PyObject* schedule_at(LoopObject* self, double when, PyObject* const* args, Py_s
   HandleObject* handle = handle_new(self, true, args[0], args + 1, nargs - 1, context);
   if (handle == nullptr) return nullptr;
   auto* timer = reinterpret_cast<TimerHandleObject*>(handle);
-  timer->when_is_int = when_is_int;
+  timer->base.when_is_int = when_is_int;
   timer->node.work = handle_work(handle);
   Py_INCREF(handle);  // the timer heap's reference
   if (!queued_or_raise(queue_timer(self, timer, when), reinterpret_cast<PyObject*>(handle))) return nullptr;

@@ -53,6 +53,7 @@ extern PyTypeObject* LoopType;
 
 int init_loop_type(PyObject* module);
 int init_stream_type(PyObject* module);
+int init_datagram_type(PyObject* module);
 // _core._set_asyncio_types(Future, Task): the classes create_future/create_task make.
 PyObject* set_asyncio_types(PyObject* module, PyObject* args);
 

@@ -42,12 +42,6 @@ struct StreamObject {
 
 PyTypeObject* StreamType = nullptr;
 
-// libuv's codes are negated errno values; the C library's wording makes
-// the same message Python's own socket calls give.
-PyObject* uv_error(int code) {
-  return PyObject_CallFunction(PyExc_OSError, "is", -code, std::strerror(-code));
-}
-
 // Protocol errors are the Python transport's business; what still escapes
 // here cannot go back through libuv. Steals the references in `args`.
 // With `to_caller` (a call from Python, not from libuv), KeyboardInterrupt
@@ -117,14 +111,14 @@ void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   } else if (nread == UV_EOF) {
     arg = PyBytes_FromStringAndSize(nullptr, 0);
   } else {
-    arg = uv_error(static_cast<int>(nread));
+    arg = uv_os_error(static_cast<int>(nread));
   }
   PyObject* args[] = {arg};
   call_back(self, self->on_read, args, 1);
   Py_DECREF(self);
 }
 
-PyObject* error_or_none(int status) { return status < 0 ? uv_error(status) : Py_NewRef(Py_None); }
+PyObject* error_or_none(int status) { return status < 0 ? uv_os_error(status) : Py_NewRef(Py_None); }
 
 void on_write(void* ctx, int status, std::size_t queued) noexcept {
   auto* self = static_cast<StreamObject*>(ctx);
@@ -163,10 +157,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
                                    &on_read_cb, &on_write_cb, &on_shutdown_cb, &pipe, &context)) {
     return nullptr;
   }
-  if (context != Py_None && !PyContext_CheckExact(context)) {
-    PyErr_Format(PyExc_TypeError, "context must be a contextvars.Context or None, got %R", context);
-    return nullptr;
-  }
+  if (!check_context_arg(context)) return nullptr;
   auto* lp = reinterpret_cast<LoopObject*>(loop);
   if (lp->engine->is_closed()) {
     PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
@@ -199,7 +190,7 @@ PyObject* tcp_new(PyTypeObject* type, PyObject* args, PyObject* kwds) {
 
 PyObject* check(StreamObject* self, int rc) {
   if (rc < 0) {
-    PyObject* err = uv_error(rc);
+    PyObject* err = uv_os_error(rc);
     if (err) {
       PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(err)), err);
       Py_DECREF(err);
@@ -268,7 +259,7 @@ PyObject* tcp_write_fast(StreamObject* self, PyObject* data) {
     // goes to write()'s caller: the loop's abort flag would be stale when no
     // run is in progress.
     Py_INCREF(self);
-    PyObject* args[] = {uv_error(rc), PyLong_FromSize_t(self->stream ? self->stream->queued() : 0)};
+    PyObject* args[] = {uv_os_error(rc), PyLong_FromSize_t(self->stream ? self->stream->queued() : 0)};
     const bool handled = call_back(self, self->on_write, args, 2, /*to_caller=*/true);
     Py_DECREF(self);
     if (!handled) return nullptr;

@@ -1,7 +1,9 @@
-"""Echo benchmarks: three servers (Protocol, streams, sock_*) per loop, each
-driven by the closed-loop C++ load generator at 1, 10 and 100 KiB, server and
-load on separate CPUs. Per cell: req/s, latency percentiles from the load
-generator, and the server's user/system CPU per request from /proc."""
+"""Echo benchmarks: three TCP servers (Protocol, streams, sock_*) per loop,
+each driven by the closed-loop C++ load generator at 1, 10 and 100 KiB, and a
+UDP server (DatagramProtocol, sendto back to the sender) at 1 KiB with the
+load generator's --udp mode (one connected UDP socket per "connection");
+server and load on separate CPUs. Per cell: req/s, latency percentiles from
+the load generator, and the server's user/system CPU per request from /proc."""
 
 import hashlib
 import json
@@ -26,6 +28,9 @@ SERVERS = {
     "sock": "echo_sock.py",
 }
 SIZES = {"1KiB": 1024, "10KiB": 10 * 1024, "100KiB": 100 * 1024}
+# UDP: one datagram per request, so no size above 64 KiB.
+UDP_SERVERS = {"udp": "echo_udp.py"}
+UDP_SIZES = {"1KiB": 1024}
 QUICK_SIZES = ("1KiB",)  # --quick checks the harness; one size does that
 # The skipped cell's reason when a loop raises NotImplementedError in these
 # servers (it lacks part of asyncio's API they use); the loop's own message
@@ -90,11 +95,16 @@ def run_loadgen(exe, server, port, size, cfg, load_cpus, extra_args=()):
 
 def cell(loadgen, loop, server_name, size, cfg, cpus):
     server_cpus, load_cpus = cpus
-    argv = [sys.executable, os.path.join(SERVERS_DIR, SERVERS[server_name]), "--loop", loop, "--port", "0"]
+    udp = server_name in UDP_SERVERS
+    script = (UDP_SERVERS if udp else SERVERS)[server_name]
+    argv = [sys.executable, os.path.join(SERVERS_DIR, script), "--loop", loop, "--port", "0"]
     with serverproc.Server(argv, r"READY (?P<port>\d+)", cpus=server_cpus) as server:
-        r = run_loadgen(loadgen, server, server.port, size, cfg, load_cpus)
-    return serverproc.load_cell(r["requests"], r["seconds"], r["latency_us"],
-                                r["server_cpu_s"]["user"], r["server_cpu_s"]["sys"])
+        r = run_loadgen(loadgen, server, server.port, size, cfg, load_cpus, ("--udp",) if udp else ())
+    result = serverproc.load_cell(r["requests"], r["seconds"], r["latency_us"],
+                                  r["server_cpu_s"]["user"], r["server_cpu_s"]["sys"])
+    if udp:
+        result["lost"] = r["lost"]  # requests sent again after a second without an echo
+    return result
 
 
 def new_result(title, description):
@@ -151,8 +161,9 @@ def part(cfg, loops, skipped_loops, add_step):
     def run_cell(loop, server_name, size):
         return serverproc.guarded_cell(loop, MISSING, lambda: cell(loadgen, loop, server_name, size, cfg, cpus))
 
-    add_cells(result, cfg, with_io_backends(loops), skipped_loops, add_step,
-              ("echo", cfg.warmup + cfg.duration + 0.5, SERVERS, SIZES, QUICK_SIZES), run_cell)
+    for servers, sizes in ((SERVERS, SIZES), (UDP_SERVERS, UDP_SIZES)):
+        add_cells(result, cfg, with_io_backends(loops), skipped_loops, add_step,
+                  ("echo", cfg.warmup + cfg.duration + 0.5, servers, sizes, QUICK_SIZES), run_cell)
     return result
 
 

@@ -7,7 +7,6 @@
 
 #include <cerrno>
 #include <new>
-#include <utility>
 
 #include "shardloop/loop.hpp"
 #include "shardloop/stream.hpp"
@@ -24,11 +23,7 @@ bool would_block(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 
 }  // namespace
 
-int Stream::epoll_open() {
-  int rc = uv_poll_init(loop_.uv(), &poll_, fd_);
-  if (rc == 0) poll_.data = this;
-  return rc;
-}
+int Stream::epoll_open() { return poll_init(fd_); }
 
 // Asks libuv for exactly the events there is something to do for.
 void Stream::epoll_watch() noexcept {
@@ -36,7 +31,7 @@ void Stream::epoll_watch() noexcept {
   const bool want_write = !write_failed_ && (queued() != 0 || shutdown_pending_);
   int events = (reading_ ? UV_READABLE | UV_DISCONNECT : 0) | (want_write ? UV_WRITABLE : 0);
   if (events == watching_) return;
-  int rc = events ? uv_poll_start(&poll_, events, &Stream::on_poll) : uv_poll_stop(&poll_);
+  int rc = poll_watch(events);
   if (rc != 0) {
     // Only a bad fd gets here; say so where the owner listens.
     if (reading_) return deliver(nullptr, rc);
@@ -63,39 +58,7 @@ int Stream::epoll_flush() noexcept {
   return 0;
 }
 
-// libuv reports readiness inside its poll; asyncio runs a transport's read
-// and write handlers as ready-queue entries, after the callbacks that were
-// ready before the poll and before the due timers. So the events join the
-// iteration through the loop's I/O queue (Loop::call_io), once per stream.
-void Stream::on_poll(uv_poll_t* handle, int status, int events) {
-  auto* self = static_cast<Stream*>(handle->data);
-  if (self->closed()) return;
-  if (status < 0) self->polled_status_ = status;
-  self->polled_events_ |= events;
-  if (self->poll_queued_) return;
-  try {
-    self->loop_.call_io(Work{&Stream::run_poll_events, self});
-    self->poll_queued_ = true;
-  } catch (...) {
-    // No room in the queue: handled now, as before the queue existed.
-    self->loop_.resume();
-    self->handle_poll_events(std::exchange(self->polled_status_, 0), std::exchange(self->polled_events_, 0));
-  }
-}
-
-// The stream's memory outlives a queued entry: libuv's close callback
-// leaves the release to this entry when it is still queued (close_handle).
-void Stream::run_poll_events(void* ctx, bool run) noexcept {
-  auto* self = static_cast<Stream*>(ctx);
-  self->poll_queued_ = false;
-  const int status = std::exchange(self->polled_status_, 0);
-  const int events = std::exchange(self->polled_events_, 0);
-  if (self->uv_close_done_) return self->handle_closed();  // may free it
-  if (!run || self->closed()) return;
-  self->loop_.resume();
-  self->handle_poll_events(status, events);
-}
-
+// Readiness, from the loop's I/O queue (PolledHandle).
 void Stream::handle_poll_events(int status, int events) noexcept {
   if (status < 0) return epoll_poll_error();
   if (events & (UV_READABLE | UV_DISCONNECT)) epoll_readable(events & UV_DISCONNECT);

@@ -34,13 +34,19 @@ class Inbox {
   // std::bad_alloc when the queue cannot grow: the caller still owns `work`
   // and must hear that it was not queued. `wake` runs after the push, while
   // this writer is still announced, so it may touch what close() guards.
+  //
+  // Only the push that raises the flag runs `wake`. One that finds it up
+  // follows a push the owner has not drained yet, whose `wake` already made
+  // sure the owner will not sleep past it; that drain takes this item too
+  // (drain() lowers the flag with an exchange that reads this push's, so
+  // the item is visible to it). A burst of pushes so pays for one fence and
+  // one look at the owner's sleep state, not one each.
   template <typename Wake>
   bool push(const Work& work, Wake&& wake) {
     Announced announced{writers_};
     if (closed_.load(std::memory_order_seq_cst)) return false;
     if (!queue_.enqueue(work)) throw std::bad_alloc();
-    pending_.store(true, std::memory_order_release);
-    wake();
+    if (!pending_.exchange(true, std::memory_order_acq_rel)) wake();
     return true;
   }
 
@@ -71,7 +77,7 @@ class Inbox {
   // out but not handed over is discarded (its owner released), not leaked.
   template <typename Sink>
   std::size_t drain(Sink&& sink, std::size_t limit = std::numeric_limits<std::size_t>::max()) {
-    pending_.store(false, std::memory_order_relaxed);
+    pending_.exchange(false, std::memory_order_acq_rel);
     Work batch[64];
     std::size_t taken = 0, n;
     while (taken < limit && (n = queue_.try_dequeue_bulk(batch, 64)) != 0) {

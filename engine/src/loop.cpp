@@ -101,6 +101,11 @@ char* Loop::make_read_buffer() {
   return read_buffer_.get();
 }
 
+char* Loop::make_datagram_arena() {
+  datagram_arena_.reset(new char[kDatagramArenaSize]);
+  return datagram_arena_.get();
+}
+
 void Loop::push_ready(Work work) {
   if (is_closed()) throw std::logic_error("Event loop is closed");
   ready_.push_back(work);
@@ -114,9 +119,9 @@ void Loop::schedule(TimerNode* node, double when) {
 }
 
 void Loop::cancel(TimerNode* node) noexcept {
-  if (node->heap_index == TimerNode::kSetAside) {
+  if (node->heap_slot == TimerNode::kSetAside) {
     std::erase(set_aside_, node);
-    node->heap_index = TimerNode::kNotScheduled;
+    node->heap_slot = TimerNode::kNotScheduled;
   } else if (node->scheduled()) {
     timers_.erase(node);
   }
@@ -296,7 +301,7 @@ void Loop::run_due_timers(double now, std::uint64_t limit) {
   while (!timers_.empty() && timers_.top_when() <= now) {
     if (timers_.top_seq() >= limit) {
       TimerNode* node = timers_.pop();
-      node->heap_index = TimerNode::kSetAside;
+      node->heap_slot = TimerNode::kSetAside;
       set_aside_.push_back(node);
       continue;
     }
@@ -500,7 +505,7 @@ void Loop::discard_pending() noexcept {
   while (!io_ready_.empty()) io_ready_.pop_front().discard();
   while (TimerNode* node = timers_.pop()) node->work.discard();
   for (TimerNode* node : set_aside_) {
-    node->heap_index = TimerNode::kNotScheduled;
+    node->heap_slot = TimerNode::kNotScheduled;
     node->work.discard();
   }
   set_aside_.clear();

@@ -120,7 +120,7 @@ Runtime::~Runtime() {
   for (unsigned s = 0; s < count_; ++s) shards_[s].state.store(kClosed, std::memory_order_seq_cst);
   for (unsigned s = 0; s < count_; ++s) {
     shards_[s].foreign.close();
-    drain(shards_[s], false);
+    discard_all(shards_[s]);
   }
   for (unsigned s = 0; s < count_; ++s)
     for (unsigned p = 0; p < count_; ++p) delete shards_[s].incoming[p].load(std::memory_order_acquire);
@@ -230,6 +230,14 @@ std::size_t Runtime::drain(Shard& sh, bool run) noexcept {
       n += sh.foreign.drain([](const Work& w) { w.discard(); }, kForeignBatch);
   }
   return n;
+}
+
+// One drain takes at most a batch of foreign work, so a closed shard's
+// queues are emptied by draining until nothing is left: each item discarded
+// releases what it owns (a Python handle, a request's reply).
+void Runtime::discard_all(Shard& sh) noexcept {
+  while (drain(sh, false) != 0) {
+  }
 }
 
 void Runtime::feed(void* ctx) noexcept {
@@ -400,7 +408,7 @@ void Runtime::abandon() {
   // finish first, so nothing lands behind the drain below.
   sh.state.store(kClosed, std::memory_order_seq_cst);
   sh.foreign.close();
-  drain(sh, false);
+  discard_all(sh);
   leave(sh, loop);
   // The shutdown rounds count the shards still attached: without this one,
   // the others settle among themselves. `loop` stays set (not nullptr) for

@@ -18,7 +18,7 @@
 namespace shardloop {
 
 Stream::Stream(Loop& loop, int fd, const Callbacks& callbacks, Kind kind)
-    : OwnedHandle(loop), callbacks_(callbacks), fd_(fd), kind_(kind) {}
+    : PolledHandle(loop), callbacks_(callbacks), fd_(fd), kind_(kind) {}
 
 Stream::~Stream() = default;
 
@@ -196,17 +196,7 @@ void Stream::close_handle() noexcept {
     uring_close();
     return;
   }
-  // uv_close: out of epoll now. An entry still in the loop's I/O queue
-  // points here: it releases the memory when it runs (or is discarded).
-  poll_.data = this;
-  uv_close(reinterpret_cast<uv_handle_t*>(&poll_), [](uv_handle_t* h) {
-    auto* self = static_cast<Stream*>(h->data);
-    if (self->poll_queued_) {
-      self->uv_close_done_ = true;
-    } else {
-      self->handle_closed();
-    }
-  });
+  close_poll();  // out of epoll now, then the fd goes
   ::close(fd_);
   fd_ = -1;
 }

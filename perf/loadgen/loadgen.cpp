@@ -4,7 +4,12 @@
 // it. One thread, non-blocking sockets, level-triggered epoll.
 //
 //   loadgen --port P [--host 127.0.0.1] [--connections 10] [--size 1024]
-//           [--duration 10] [--warmup 1] [--tls] [--tls-ca CERT.pem]
+//           [--duration 10] [--warmup 1] [--tls] [--tls-ca CERT.pem] [--udp]
+//
+// --udp: each "connection" is a connected UDP socket that sends one datagram
+// of S bytes (at most 65,507) and waits for the echoed datagram. A datagram
+// the kernel dropped would stall its socket for good, so a request with no
+// answer after one second is sent again and counted in "lost".
 //
 // --tls (only in a build with -DLOADGEN_TLS, linked with -lssl -lcrypto):
 // the same echo over TLS with OpenSSL's defaults. Each connection does its
@@ -53,6 +58,7 @@ struct Options {
     double warmup = 1.0;
     bool tls = false;
     std::string tls_ca;  // empty: no verification
+    bool udp = false;
 };
 
 // What an I/O call that moved no bytes waits for. Plain sockets only ever
@@ -81,7 +87,7 @@ struct Connection {
 [[noreturn]] void usage(const char* msg) {
     std::fprintf(stderr,
                  "loadgen: %s\nusage: loadgen --port P [--host H] [--connections N] "
-                 "[--size BYTES] [--duration S] [--warmup S] [--tls] [--tls-ca FILE]\n",
+                 "[--size BYTES] [--duration S] [--warmup S] [--tls] [--tls-ca FILE] [--udp]\n",
                  msg);
     std::exit(2);
 }
@@ -90,8 +96,8 @@ Options parse(int argc, char** argv) {
     Options o;
     for (int i = 1; i < argc; ++i) {
         std::string a = argv[i];
-        if (a == "--tls") {
-            o.tls = true;
+        if (a == "--tls" || a == "--udp") {
+            (a == "--tls" ? o.tls : o.udp) = true;
             continue;
         }
         if (i + 1 >= argc) usage(("missing value for " + a).c_str());
@@ -109,6 +115,7 @@ Options parse(int argc, char** argv) {
     if (o.connections < 1 || o.size < 1 || o.duration <= 0 || o.warmup < 0)
         usage("connections, size and duration must be positive");
     if (!o.tls_ca.empty() && !o.tls) usage("--tls-ca needs --tls");
+    if (o.udp && (o.tls || o.size > 65507)) usage("--udp: no TLS, and --size at most 65507 (one datagram)");
 #ifndef LOADGEN_TLS
     if (o.tls) usage("--tls: this build has no TLS (compile with -DLOADGEN_TLS -lssl -lcrypto)");
 #endif
@@ -146,7 +153,7 @@ SSL* tls_handshake(SSL_CTX* ctx, int fd) {
 #endif
 
 int connect_to(const Options& o) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int fd = socket(AF_INET, o.udp ? SOCK_DGRAM : SOCK_STREAM, 0);
     if (fd < 0) die("socket");
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
@@ -154,6 +161,7 @@ int connect_to(const Options& o) {
     if (inet_pton(AF_INET, o.host.c_str(), &addr.sin_addr) != 1) usage("--host must be an IPv4 address");
     // Blocking connect keeps set-up simple; it happens before any timing.
     if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) < 0) die("connect");
+    if (o.udp) return fd;
     int one = 1;
     // Without it a small write can sit in Nagle's buffer waiting for an ACK
     // and the benchmark measures delayed-ACK timers instead of the server.
@@ -304,6 +312,8 @@ int main(int argc, char** argv) {
     Clock::time_point measured_start;
 
     for (auto& c : conns) start_request(ep, c, msg);
+    uint64_t lost = 0;  // --udp: requests sent again after a second without an answer
+    auto next_scan = t0;
 
     std::vector<epoll_event> events(conns.size());
     for (;;) {
@@ -315,6 +325,14 @@ int main(int argc, char** argv) {
             std::fflush(stdout);
         }
         if (now >= measure_to) break;
+        if (o.udp && now >= next_scan) {
+            next_scan = now + std::chrono::milliseconds(100);
+            for (auto& c : conns) {
+                if (now - c.started < std::chrono::seconds(1)) continue;
+                ++lost;
+                start_request(ep, c, msg);
+            }
+        }
         // A short timeout so that the interval ends on time even when the
         // server has stopped answering.
         int n = epoll_wait(ep, events.data(), static_cast<int>(events.size()), 10);
@@ -381,11 +399,11 @@ int main(int argc, char** argv) {
     std::printf(
         "{\"requests\": %zu, \"bytes\": %" PRIu64 ", \"seconds\": %.6f, \"rps\": %.1f, "
         "\"connections\": %d, \"size\": %zu, "
-        "\"latency_us\": {\"mean\": %.2f, \"p50\": %.2f, \"p99\": %.2f, \"p99.9\": %.2f, \"max\": %.2f}%s}\n",
+        "\"latency_us\": {\"mean\": %.2f, \"p50\": %.2f, \"p99\": %.2f, \"p99.9\": %.2f, \"max\": %.2f}%s%s}\n",
         latencies_ns.size(), bytes, seconds, static_cast<double>(latencies_ns.size()) / seconds,
         o.connections, o.size, mean_us, us(percentile(latencies_ns, 50)), us(percentile(latencies_ns, 99)),
         us(percentile(latencies_ns, 99.9)), latencies_ns.empty() ? 0.0 : us(latencies_ns.back()),
-        tls_info.c_str());
+        tls_info.c_str(), o.udp ? (", \"udp\": true, \"lost\": " + std::to_string(lost)).c_str() : "");
     for (auto& c : conns) {
 #ifdef LOADGEN_TLS
         if (c.ssl) {

@@ -21,6 +21,23 @@ logger = logging.getLogger("asyncio")
 # asyncio warns after this many writes to a lost connection.
 
 
+def engine_fd(sock: socket.socket) -> tuple[int, bool]:
+    """The descriptor an engine object (Stream, Datagram) takes over, and
+    whether it is the socket's own.
+
+    The engine gets a duplicate: the socket object keeps its own descriptor,
+    so get_extra_info('socket') stays a real socket and each side closes
+    exactly what it owns. With no descriptor to spare, the engine takes the
+    socket's own, and the socket object lets go of it (detach) instead of
+    closing it."""
+    try:
+        return os.dup(sock.fileno()), False
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        return sock.fileno(), True
+
+
 def _set_result_unless_cancelled(fut: asyncio.Future, result: Any) -> None:
     if not fut.cancelled():
         fut.set_result(result)
@@ -74,19 +91,7 @@ class TcpTransport(TransportBase, asyncio.Transport):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._loop = loop
         self._sock: socket.socket | None = sock
-        # libuv gets a duplicate: the socket object keeps its own descriptor,
-        # so get_extra_info('socket') stays a real socket and each side
-        # closes exactly what it owns.
-        try:
-            fd = os.dup(sock.fileno())
-            self._shares_fd = False
-        except OSError as exc:
-            if exc.errno not in (errno.EMFILE, errno.ENFILE):
-                raise
-            # No descriptor to spare: libuv takes the socket's own, and the
-            # socket object lets go of it (detach) instead of closing it.
-            fd = sock.fileno()
-            self._shares_fd = True
+        fd, self._shares_fd = engine_fd(sock)
         try:
             self._stream = _core.Stream(loop, fd, self._on_read, self._on_write, self._on_shutdown,
                                         pipe=sock.family == socket.AF_UNIX, context=self._context)

@@ -1,25 +1,26 @@
 """UDP: create_datagram_endpoint and its DatagramTransport.
 
 Datagram sockets are made, bound and connected here with asyncio's rules;
-the transport then moves datagrams on the loop's readiness watchers
-(_add_reader/_add_writer), the way asyncio's selector loop does."""
+the transport keeps asyncio's semantics while the engine's Datagram
+(_core.Datagram) moves the datagrams: recvmmsg batches, each datagram handed
+to the protocol's datagram_received by the native code, and sends queued and
+flushed by sendmmsg when the kernel refuses them for now."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextvars
+import errno
 import logging
 import os
 import socket
 import stat
 import sys
-import threading
 from asyncio import transports, trsock
 from typing import Any, Callable
 
 from . import _core
-from ._transport import _set_result_unless_cancelled
+from ._transport import _set_result_unless_cancelled, engine_fd
 from ._transport_rules import PausableReads, TransportBase, fatal_error
 
 logger = logging.getLogger("asyncio")
@@ -29,22 +30,8 @@ logger = logging.getLogger("asyncio")
 _SEND_EMPTY = sys.version_info >= (3, 13)
 _HEADER_SIZE = 8 if sys.version_info >= (3, 13) else 0
 
-# What _send_now made of one datagram.
-_SENT, _BLOCKED, _FAILED = range(3)
-
 # Largest datagram read at once, as asyncio's selector transports.
 _MAX_SIZE = 256 * 1024
-
-
-class _RecvBuffer(threading.local):
-    # One receive buffer per thread (recvfrom_into releases the GIL, so
-    # loops in two threads must not share one); each datagram is copied
-    # out at its own size instead of allocating 256 KiB per read.
-    def __init__(self) -> None:
-        self.view = memoryview(bytearray(_MAX_SIZE))
-
-
-_recv_buffer = _RecvBuffer()
 
 
 def _set_reuseport(sock: socket.socket) -> None:
@@ -204,7 +191,7 @@ class DatagramMixin:
 
 
 class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMixin, asyncio.DatagramTransport):
-    """asyncio's datagram transport contract on the loop's fd watchers."""
+    """asyncio's datagram transport contract on the engine's Datagram."""
 
     max_size = _MAX_SIZE
 
@@ -227,19 +214,31 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         self._connected = self._extra["peername"] is not None
         self._sock: socket.socket | None = sock
         self._sock_fd = sock.fileno()
-        self._protocol: Any = protocol
         self._address = address
-        self._buffer: collections.deque = collections.deque()
-        self._buffer_size = 0
         self._conn_lost = 0  # set once connection_lost is scheduled
         self._closing = False
         self._paused = False
-        self._reading = False  # reader registered
-        self._writing = False  # writer registered
-        loop._own_fd(self._sock_fd, self)  # add_reader & co. refuse it, as asyncio's do
+        self._reading = False
         # Every protocol callback runs in the context the transport was made
         # in, as uvloop does (README: Deliberate differences).
         self._context = contextvars.copy_context()
+        fd, self._shares_fd = engine_fd(sock)
+        try:
+            self._dgram = _core.Datagram(loop, fd, sock.family, self._on_recv_error, self._on_write,
+                                         self._on_callback_error, context=self._context)
+        except BaseException:
+            if not self._shares_fd:
+                os.close(fd)
+            raise
+        self.set_protocol(protocol)
+        # transport.sendto is the native sendto_fast while the transport is
+        # open and has no fixed remote address it must check against (a
+        # broadcasting endpoint's); the rest goes to _sendto, the full rules.
+        self._dgram.set_fast_send(self._sendto, self._send_failed, self._maybe_pause_protocol,
+                                  self._connected, _SEND_EMPTY)
+        self._dgram.fast_send = self._connected or not self._address
+        self.sendto = self._dgram.sendto_fast
+        loop._own_fd(self._sock_fd, self)  # add_reader & co. refuse it, as asyncio's do
         loop.call_soon(protocol.connection_made, self, context=self._context)
         # Reading starts only after connection_made() has run.
         loop.call_soon(self._start_reading)
@@ -255,14 +254,32 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         info.append(f"fd={self._sock_fd}")
         if self._sock is not None:
             info.append("read=polling" if self._reading else "read=idle")
-            state = "polling" if self._writing else "idle"
+            state = "polling" if self._dgram.queued else "idle"
             info.append(f"write=<{state}, bufsize={self.get_write_buffer_size()}>")
         return "<{}>".format(" ".join(info))
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        # Each datagram goes straight to the protocol's method; a protocol
+        # without one fails per datagram, as on asyncio's loop.
+        self._dgram.datagram_received = getattr(protocol, "datagram_received", None) or self._datagram_received
+
+    def _datagram_received(self, data: bytes, addr: Any) -> None:
+        self._protocol.datagram_received(data, addr)
 
     def _owns_resource(self) -> bool:
         return self._sock is not None
 
     def _release(self) -> None:
+        self._release_socket()
+
+    def _release_socket(self) -> None:
+        if self._sock is None:
+            return
+        self._loop._disown_fd(self._sock_fd, self)
+        if self._shares_fd:
+            self._sock.detach()  # the engine closes the descriptor
+        self._dgram.close()
         self._sock.close()
         self._sock = None
 
@@ -277,42 +294,42 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
     # -- reading -----------------------------------------------------------
 
     def _start_reading(self) -> None:
-        if self.is_reading():
-            self._loop._add_reader(self._sock_fd, _core._run_in_context, self._context, self._read_ready)
+        if self.is_reading() and not self._dgram.closed:
+            self._dgram.read_start()
             self._reading = True
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self._loop._remove_reader(self._sock_fd)
+            self._dgram.read_stop()
 
-    def _read_ready(self) -> None:
-        if self._conn_lost:
-            return
-        view = _recv_buffer.view
-        try:
-            size, addr = self._sock.recvfrom_into(view)  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            # ICMP errors (port unreachable...) come back as a failed read.
-            self._protocol.error_received(exc)
-            return
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except BaseException as exc:
-            self._fatal_error(exc, "Fatal read error on datagram transport")
-            return
-        # An exception from the protocol reaches the loop's exception
-        # handler through the reader callback, as with asyncio.
-        self._protocol.datagram_received(bytes(view[:size]), addr)
+    def _on_recv_error(self, exc: OSError) -> None:
+        # ICMP errors (port unreachable...) come back as a failed read.
+        self._protocol.error_received(exc)
+
+    def _on_callback_error(self, exc: BaseException) -> None:
+        # A protocol callback raised: reported as asyncio reports its
+        # failed reader/writer callback, and the transport goes on.
+        self._loop.call_exception_handler({
+            "message": f"Exception in callback {type(self).__name__}._read_ready()",
+            "exception": exc,
+            "transport": self,
+            "protocol": self._protocol,
+        })
 
     # -- writing -----------------------------------------------------------
 
     def get_write_buffer_size(self) -> int:
-        return self._buffer_size
+        dgram = self._dgram
+        return dgram.queued_bytes + dgram.queued * _HEADER_SIZE
 
-    def sendto(self, data: Any, addr: Any = None) -> None:
+    def sendto(self, data: Any, addr: Any = None) -> None:  # each instance uses _dgram.sendto_fast
+        self._sendto(data, addr)
+
+    def _send_failed(self, exc: OSError) -> None:
+        self._protocol.error_received(exc)  # the datagram is dropped, as with asyncio
+
+    def _sendto(self, data: Any, addr: Any = None) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
         if not data and not _SEND_EMPTY:
@@ -326,56 +343,56 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
             # unconnected one fail on its closed socket; both just drop here.
             self._drop_write_after_lost("socket.send() raised exception.")
             return
-        if not self._buffer:
-            if self._send_now(data, addr) != _BLOCKED:
-                return
-            self._loop._add_writer(self._sock_fd, _core._run_in_context, self._context, self._sendto_ready)
-            self._writing = True
-        # The caller may reuse its buffer: keep an immutable copy.
-        self._buffer.append((bytes(data), addr))
-        self._buffer_size += len(data) + _HEADER_SIZE
-        self._maybe_pause_protocol()
-
-    def _send_now(self, data: Any, addr: Any) -> int:
+        if self._connected:
+            addr = None  # the engine sends to the peer
+        elif addr is None:
+            # Only the socket module's sendto gives asyncio's TypeError.
+            self._sendto_slow(data, addr)
+            return
         try:
-            if self._connected:
-                self._sock.send(data)  # type: ignore[union-attr]
-            else:
-                self._sock.sendto(data, addr)  # type: ignore[union-attr]
-        except (BlockingIOError, InterruptedError):
-            return _BLOCKED
+            queued = self._dgram.sendto(data, addr)
         except OSError as exc:
-            self._protocol.error_received(exc)  # the datagram is dropped, as with asyncio
-            return _FAILED
+            self._send_failed(exc)
+            return
+        if queued is NotImplemented:
+            queued = self._sendto_slow(data, addr)
+        if queued:
+            self._maybe_pause_protocol()
+
+    def _sendto_slow(self, data: Any, addr: Any) -> bool:
+        """What the engine does not convert (host names, odd types): the
+        socket module's own sendto, with its errors; if the kernel refuses it
+        for now, the address it resolves to is queued. True when queued."""
+        try:
+            if addr is None or not self._dgram.queued:  # None: only the module's TypeError
+                try:
+                    self._sock.sendto(data, addr)  # type: ignore[union-attr]
+                    return False
+                except (BlockingIOError, InterruptedError):
+                    pass
+            queued = self._dgram.sendto(data, _resolve(self._sock.family, addr))  # type: ignore[union-attr]
+            if queued is NotImplemented:
+                raise OSError(errno.EAFNOSUPPORT, f"cannot queue a datagram for {addr!r}")
+            return queued
+        except OSError as exc:
+            self._protocol.error_received(exc)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
             self._fatal_error(exc, "Fatal write error on datagram transport")
-            return _FAILED
-        return _SENT
+        return False
 
-    def _sendto_ready(self) -> None:
-        while self._buffer:
-            data, addr = self._buffer.popleft()
-            self._buffer_size -= len(data) + _HEADER_SIZE
-            outcome = self._send_now(data, addr)
-            if outcome == _BLOCKED:
-                self._buffer.appendleft((data, addr))  # still full: next time
-                self._buffer_size += len(data) + _HEADER_SIZE
-                break
-            if outcome == _FAILED:
-                return
-        self._maybe_resume_protocol()  # the protocol may send more here
-        if not self._buffer:
-            self._stop_writing()
-            if self._closing:
+    def _on_write(self, exc: OSError | None, queued: int) -> None:
+        # Queued datagrams left, or the oldest failed (dropped, as asyncio
+        # drops it).
+        try:
+            if exc is not None:
+                self._protocol.error_received(exc)
+        finally:
+            self._maybe_resume_protocol()  # the protocol may send more here
+            if not self._dgram.queued and self._closing and not self._conn_lost:
                 self._conn_lost += 1  # later sends are dropped, not sent on a closed socket
                 self._call_connection_lost(None)
-
-    def _stop_writing(self) -> None:
-        if self._writing:
-            self._writing = False
-            self._loop._remove_writer(self._sock_fd)
 
     # -- closing -----------------------------------------------------------
 
@@ -383,10 +400,10 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         if self._closing:
             return
         self._closing = True
+        self._dgram.fast_send = False
         self._stop_reading()
-        if not self._buffer:  # else _sendto_ready finishes once it drains
+        if not self._dgram.queued:  # else _on_write finishes once it drains
             self._conn_lost += 1
-            self._stop_writing()
             self._loop.call_soon(self._call_connection_lost, None, context=self._context)
 
     def abort(self) -> None:
@@ -398,12 +415,11 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
     def _force_close(self, exc: BaseException | None) -> None:
         if self._conn_lost:
             return
-        if self._buffer:
-            self._buffer.clear()
-            self._buffer_size = 0
-        self._stop_writing()
         self._closing = True
+        self._dgram.fast_send = False
         self._stop_reading()
+        # The queue is dropped now: closing the engine's socket discards it.
+        self._dgram.close()
         self._conn_lost += 1
         self._loop.call_soon(self._call_connection_lost, exc, context=self._context)
 
@@ -411,12 +427,23 @@ class DatagramTransport(TransportBase, PausableReads, transports._FlowControlMix
         try:
             self._protocol.connection_lost(exc)
         finally:
-            # The watchers poll duplicates of the fd: drop them before the
-            # socket goes, or the kernel socket would outlive close().
-            self._stop_reading()
-            self._stop_writing()
-            if self._sock is not None:
-                self._loop._disown_fd(self._sock_fd, self)
-                self._sock.close()
-                self._sock = None
+            self._release_socket()
             self._protocol = None
+
+
+def _resolve(family: int, addr: Any) -> Any:
+    """A destination the socket module would resolve on each sendto, in the
+    numeric form the engine queues (only reached once the kernel refused a
+    datagram to it)."""
+    if family not in (socket.AF_INET, socket.AF_INET6) or not isinstance(addr, tuple) or len(addr) < 2:
+        return addr
+    host, port = addr[0], addr[1]
+    if host == "":
+        host = "0.0.0.0" if family == socket.AF_INET else "::"
+    elif host == "<broadcast>" and family == socket.AF_INET:
+        host = "255.255.255.255"
+    info = socket.getaddrinfo(host, port, family, socket.SOCK_DGRAM)
+    resolved = info[0][4]
+    if family == socket.AF_INET6 and len(addr) > 2:
+        resolved = (resolved[0], resolved[1]) + tuple(addr[2:4])
+    return resolved

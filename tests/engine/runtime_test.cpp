@@ -165,6 +165,38 @@ TEST(Runtime, SubmitToOutsideAShardIsRefused) {
   EXPECT_EQ(plain.discards, 1);
 }
 
+// A drain takes at most a batch (1,024) of foreign work; closing a shard
+// must still discard all of it, or what each item owns leaks.
+TEST(Runtime, DestructionDiscardsMoreThanABatchOfForeignWork) {
+  constexpr int kItems = 3000;
+  Counter plain;
+  {
+    Runtime rt(opts(2));
+    for (int i = 0; i < kItems; ++i) ASSERT_TRUE(rt.post(1, plain.work()));
+  }
+  EXPECT_EQ(plain.discards, kItems);
+  EXPECT_EQ(plain.runs, 0);
+}
+
+TEST(Runtime, AbandonDiscardsMoreThanABatchOfForeignWork) {
+  Watchdog dog("abandon");
+  constexpr int kItems = 3000;
+  Counter plain;
+  Loop loop;  // outlives the runtime, as abandon() requires
+  {
+    Runtime rt(opts(2));
+    rt.attach(0, loop);
+    std::thread foreign([&] {
+      for (int i = 0; i < kItems; ++i) ASSERT_TRUE(rt.post(0, plain.work()));
+    });
+    foreign.join();
+    rt.abandon();
+    EXPECT_EQ(plain.discards, kItems);
+    EXPECT_EQ(plain.runs, 0);
+  }
+  loop.close();
+}
+
 TEST(Runtime, InvokeOnFromForeignThreads) {
   Watchdog dog("invoke_on", 30);
   Runtime rt(opts(2));

@@ -35,6 +35,7 @@ SHIM.shardloop_fault_count.restype = ctypes.c_long
 SHIM.shardloop_fault_count_of.restype = ctypes.c_long
 SHIM.shardloop_fault_count_of.argtypes = [ctypes.c_char_p]
 CALLS = ("read", "write", "readv", "writev", "recv", "recvfrom", "recvmsg", "send", "sendto", "sendmsg",
+         "recvmmsg", "sendmmsg",
          "accept", "accept4", "connect", "epoll_wait", "epoll_pwait", "io_uring_enter")
 
 

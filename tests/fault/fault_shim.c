@@ -1,8 +1,9 @@
 /* Fault injection for the tests: an LD_PRELOAD shim that makes socket and
  * pipe syscalls fail at random, reproducibly from a seed.
  *
- * Intercepted: read, write, readv, writev, recv, recvfrom, recvmsg, send,
- * sendto, sendmsg, accept, accept4, connect, epoll_wait, epoll_pwait.
+ * Intercepted: read, write, readv, writev, recv, recvfrom, recvmsg, recvmmsg,
+ * send, sendto, sendmsg, sendmmsg, accept, accept4, connect, epoll_wait,
+ * epoll_pwait.
  * Not intercepted: io_uring_enter. liburing 2.3 (Debian) is built without
  * libc: it issues the syscall instruction inline and imports no `syscall`
  * symbol, so no preloaded library can see it (nor the ring's completions).
@@ -56,11 +57,11 @@
 
 enum call {
   C_READ, C_WRITE, C_READV, C_WRITEV, C_RECV, C_RECVFROM, C_RECVMSG, C_SEND, C_SENDTO, C_SENDMSG,
-  C_ACCEPT, C_ACCEPT4, C_CONNECT, C_EPOLL_WAIT, C_EPOLL_PWAIT, C_IO_URING_ENTER, C_COUNT
+  C_RECVMMSG, C_SENDMMSG, C_ACCEPT, C_ACCEPT4, C_CONNECT, C_EPOLL_WAIT, C_EPOLL_PWAIT, C_IO_URING_ENTER, C_COUNT
 };
 static const char* const call_names[C_COUNT] = {
   "read", "write", "readv", "writev", "recv", "recvfrom", "recvmsg", "send", "sendto", "sendmsg",
-  "accept", "accept4", "connect", "epoll_wait", "epoll_pwait", "io_uring_enter"};
+  "recvmmsg", "sendmmsg", "accept", "accept4", "connect", "epoll_wait", "epoll_pwait", "io_uring_enter"};
 
 static uint64_t g_seed = 1;
 static double g_rate = 0.05;
@@ -88,6 +89,8 @@ static ssize_t (*real_recvmsg)(int, struct msghdr*, int);
 static ssize_t (*real_send)(int, const void*, size_t, int);
 static ssize_t (*real_sendto)(int, const void*, size_t, int, const struct sockaddr*, socklen_t);
 static ssize_t (*real_sendmsg)(int, const struct msghdr*, int);
+static int (*real_recvmmsg)(int, struct mmsghdr*, unsigned int, int, struct timespec*);
+static int (*real_sendmmsg)(int, struct mmsghdr*, unsigned int, int);
 static int (*real_accept)(int, struct sockaddr*, socklen_t*);
 static int (*real_accept4)(int, struct sockaddr*, socklen_t*, int);
 static int (*real_connect)(int, const struct sockaddr*, socklen_t);
@@ -113,6 +116,7 @@ __attribute__((constructor)) static void init(void) {
   RESOLVE(read); RESOLVE(write); RESOLVE(readv); RESOLVE(writev);
   RESOLVE(recv); RESOLVE(recvfrom); RESOLVE(recvmsg);
   RESOLVE(send); RESOLVE(sendto); RESOLVE(sendmsg);
+  RESOLVE(recvmmsg); RESOLVE(sendmmsg);
   RESOLVE(accept); RESOLVE(accept4); RESOLVE(connect);
   RESOLVE(epoll_wait); RESOLVE(epoll_pwait);
   const char* s;
@@ -346,6 +350,22 @@ ssize_t sendmsg(int fd, const struct msghdr* msg, int flags) {
     return real_sendmsg(fd, &m, flags);
   }
   return real_sendmsg(fd, msg, flags);
+}
+
+/* The batch calls (the engine's Datagram) fail as a whole: they carry
+ * datagrams, which are never cut. */
+int recvmmsg(int fd, struct mmsghdr* msgs, unsigned int n, int flags, struct timespec* timeout) {
+  struct fdinfo fi = classify(fd);
+  size_t lim = 0;
+  if (decide(C_RECVMMSG, &fi, flags & MSG_DONTWAIT, 0, 0, hard_recv, &lim) == F_ERROR) return -1;
+  return real_recvmmsg(fd, msgs, n, flags, timeout);
+}
+
+int sendmmsg(int fd, struct mmsghdr* msgs, unsigned int n, int flags) {
+  struct fdinfo fi = classify(fd);
+  size_t lim = 0;
+  if (decide(C_SENDMMSG, &fi, flags & MSG_DONTWAIT, 0, 1, hard_send, &lim) == F_ERROR) return -1;
+  return real_sendmmsg(fd, msgs, n, flags);
 }
 
 int accept4(int fd, struct sockaddr* addr, socklen_t* alen, int flags) {

@@ -528,6 +528,97 @@ def test_sock_socketpair(loop):
     assert run(loop, main()) == (b"pair", [b"back"])
 
 
+def sent_from(sender, receiver_addr, payload):
+    """What a plain socket bound like the transport reports as *sender*'s
+    address (socket.recvfrom), for comparison."""
+    with socket.socket(sender.family, socket.SOCK_DGRAM) as probe:
+        probe.bind(receiver_addr if isinstance(receiver_addr, str) else receiver_addr[:2])
+        sender.sendto(payload, probe.getsockname())
+        return probe.recvfrom(100)[1]
+
+
+@pytest.mark.parametrize("kind", [
+    pytest.param("ipv6", marks=requires_ipv6),
+    pytest.param("unix-unnamed", marks=requires_unix),
+    pytest.param("unix-abstract", marks=requires_unix),
+])
+def test_source_address_as_the_socket_module_gives_it(loop, tmp_path, kind):
+    """The address passed to datagram_received is what socket.recvfrom()
+    gives for the same sender: (host, port, flowinfo, scope_id) for IPv6,
+    '' for an unbound AF_UNIX sender, bytes for an abstract one."""
+    if kind == "ipv6":
+        family, local = socket.AF_INET6, ("::1", 0)
+    else:
+        family, local = socket.AF_UNIX, str(tmp_path / "server.sock")
+    sender = socket.socket(family, socket.SOCK_DGRAM)
+    if kind == "ipv6":
+        sender.bind(("::1", 0))
+    elif kind == "unix-abstract":
+        sender.bind(b"\0shardloop-test-%d" % os.getpid())
+
+    async def main():
+        tr, proto = await endpoint(loop, local_addr=local, family=family)
+        sender.sendto(b"hi", tr.get_extra_info("sockname"))
+        await wait_until(lambda: proto.of("data"))
+        tr.close()
+        return proto.of("data")
+
+    with sender:
+        ((data, addr),) = run(loop, main())
+        probe_path = local if kind == "ipv6" else str(tmp_path / "probe.sock")
+        expected = sent_from(sender, probe_path, b"probe")
+    assert data == b"hi"
+    assert addr == expected
+    assert type(addr) is type(expected)
+    if kind == "ipv6":
+        assert len(addr) == 4
+    elif kind == "unix-abstract":
+        assert isinstance(addr, bytes) and addr.startswith(b"\0")
+
+
+def test_pause_inside_a_burst_holds_the_rest(loop):
+    """Datagrams that arrived together (one batch for the engine): pausing
+    in datagram_received delivers nothing more until resume_reading(), then
+    the rest, in order, none lost."""
+    class Pauser(Recorder):
+        def datagram_received(self, data, addr):
+            super().datagram_received(data, addr)
+            if len(self.payloads()) == 3:
+                self.transport.pause_reading()
+
+    async def main():
+        server_tr, server = await endpoint(loop, Pauser, local_addr=("127.0.0.1", 0))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            server_tr.pause_reading()
+            for i in range(10):
+                raw.sendto(numbered(i, 16), server_tr.get_extra_info("sockname"))
+            await spin()
+            server_tr.resume_reading()
+            await wait_until(lambda: len(server.payloads()) >= 3)
+            await spin()
+            held = len(server.payloads())
+            server_tr.resume_reading()
+            await wait_until(lambda: len(server.payloads()) == 10)
+        server_tr.close()
+        return held, server.payloads()
+
+    assert run(loop, main()) == (3, [numbered(i, 16) for i in range(10)])
+
+
+def test_sendto_host_name(loop):
+    """A host name in sendto() is resolved as the socket module resolves it."""
+    async def main():
+        server_tr, server = await endpoint(loop, local_addr=("127.0.0.1", 0))
+        client_tr, _ = await endpoint(loop, family=socket.AF_INET)
+        client_tr.sendto(b"by name", ("localhost", server_tr.get_extra_info("sockname")[1]))
+        await wait_until(lambda: server.payloads())
+        client_tr.close()
+        server_tr.close()
+        return server.payloads()
+
+    assert run(loop, main()) == [b"by name"]
+
+
 # ------------------------------------------------------------ errors
 
 

@@ -192,6 +192,11 @@ class Loop {
   // in cache where one per connection would not.
   static constexpr std::size_t kReadBufferSize = 256 * 1024;
   char* read_buffer() { return read_buffer_ ? read_buffer_.get() : make_read_buffer(); }
+  // The receive arena of the loop's datagram sockets (Datagram): one
+  // recvmmsg batch lands here and is delivered before the next starts.
+  // Allocated on first use; pages a batch never reaches are never touched.
+  static constexpr std::size_t kDatagramArenaSize = 2 * 1024 * 1024;
+  char* datagram_arena() { return datagram_arena_ ? datagram_arena_.get() : make_datagram_arena(); }
 
   std::size_t ready_count() const noexcept { return ready_.size() + io_ready_.size(); }
   std::size_t timer_count() const noexcept { return timers_.size(); }
@@ -210,6 +215,7 @@ class Loop {
   void call_hook(void (*hook)(void*)) noexcept;
 
   char* make_read_buffer();
+  char* make_datagram_arena();
   void start_ring();
   void push_ready(Work work);
   bool must_poll() noexcept;
@@ -236,6 +242,7 @@ class Loop {
   TimerHeap timers_;
   std::vector<TimerNode*> set_aside_;
   std::unique_ptr<char[]> read_buffer_;
+  std::unique_ptr<char[]> datagram_arena_;
   std::unique_ptr<Inbox> inbox_;
   std::unique_ptr<Ring> ring_;
   std::unique_ptr<Ring> orphaned_ring_;  // inherited through fork (after_fork)

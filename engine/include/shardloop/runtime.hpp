@@ -292,6 +292,7 @@ class Runtime {
   static bool idle(void* ctx, double until) noexcept;
   static bool has_work(const Shard& sh) noexcept;
   std::size_t drain(Shard& sh, bool run) noexcept;
+  void discard_all(Shard& sh) noexcept;
   bool post_from_shard(Shard& from, Shard& to, Work work);
   bool post_foreign(Shard& to, Work work);
   void wake(Shard& to) noexcept;

@@ -8,6 +8,7 @@
 #include "shardloop/runtime.hpp"
 #include "shardloop/spsc_queue.hpp"
 #include "shardloop/tcp_server.hpp"
+#include "shardloop/datagram.hpp"
 #include "shardloop/stream.hpp"
 #include "shardloop/timer.hpp"
 #include "shardloop/timer_heap.hpp"

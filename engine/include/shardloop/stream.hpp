@@ -17,13 +17,13 @@
 #include <string>
 #include <sys/types.h>
 
-#include "shardloop/owned_handle.hpp"
+#include "shardloop/polled_handle.hpp"
 
 namespace shardloop {
 
 class Ring;
 
-class Stream final : public OwnedHandle {
+class Stream final : public PolledHandle {
  public:
   struct Callbacks {
     void* ctx = nullptr;
@@ -77,7 +77,6 @@ class Stream final : public OwnedHandle {
  private:
   Stream(Loop& loop, int fd, const Callbacks& callbacks, Kind kind);
   ~Stream() override;
-  uv_handle_t* uv_handle() noexcept override { return reinterpret_cast<uv_handle_t*>(&poll_); }
   void on_close() noexcept override;
   void close_handle() noexcept override;
 
@@ -93,9 +92,7 @@ class Stream final : public OwnedHandle {
   int epoll_flush() noexcept;
   void epoll_readable(bool hangup) noexcept;
   void epoll_poll_error() noexcept;
-  static void on_poll(uv_poll_t* handle, int status, int events);
-  static void run_poll_events(void* ctx, bool run) noexcept;
-  void handle_poll_events(int status, int events) noexcept;
+  void handle_poll_events(int status, int events) noexcept override;
 
   // io_uring backend (backend_uring.cpp).
   void uring_arm_recv() noexcept;
@@ -109,7 +106,6 @@ class Stream final : public OwnedHandle {
   bool held() const noexcept;
 
   Callbacks callbacks_;
-  uv_poll_t poll_{};  // epoll backend only
   Ring* ring_ = nullptr;
   std::string sending_;  // bytes being sent; [0, sent_) already gone
   std::size_t sent_ = 0;
@@ -119,8 +115,6 @@ class Stream final : public OwnedHandle {
   int shutdown_status_ = 0;  // what shutdown(2) returned, reported later (shutdown_sent_)
   int fd_;
   int watching_ = 0;  // epoll: the poll events asked of libuv
-  int polled_events_ = 0;  // epoll: reported by libuv, handled from the loop's I/O queue
-  int polled_status_ = 0;
   int inflight_ = 0;  // io_uring: operations whose completion is still due
   Kind kind_;
   bool reading_ = false;
@@ -131,8 +125,6 @@ class Stream final : public OwnedHandle {
   bool write_closed_ = false;
   bool write_failed_ = false;
   bool resume_queued_ = false;
-  bool poll_queued_ = false;     // epoll: run_poll_events is in the loop's I/O queue
-  bool uv_close_done_ = false;   // epoll: libuv closed the handle while poll_queued_
 };
 
 }  // namespace shardloop
