@@ -57,6 +57,10 @@ inline void set_error_from_cpp() noexcept {
   }
 }
 
+// A new reference to `o`, or nullptr for None: how the optional callbacks
+// the transports hand over are stored.
+inline PyObject* new_ref_unless_none(PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); }
+
 // The OSError for a libuv code (a negated errno value), worded by the C
 // library as Python's own socket calls word it; a new reference.
 inline PyObject* uv_os_error(int code) {

@@ -13,6 +13,7 @@ namespace py = pybind11;
 
 namespace shardloop::py {
 int init_runtime_type(PyObject* module);  // runtime_object.cpp
+int init_tls_type(PyObject* module);      // tls_protocol.cpp
 }
 
 namespace shardloop::py_bindings {
@@ -50,7 +51,7 @@ PyMethodDef raw_functions[] = {
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
   m.doc() = "Native core of shardloop: an asyncio event loop on libuv.";
   if (shardloop::py::init_handle_types(m.ptr()) < 0 || shardloop::py::init_loop_type(m.ptr()) < 0 ||
-      shardloop::py::init_stream_type(m.ptr()) < 0 ||
+      shardloop::py::init_stream_type(m.ptr()) < 0 || shardloop::py::init_tls_type(m.ptr()) < 0 ||
       shardloop::py::init_datagram_type(m.ptr()) < 0 || shardloop::py::init_runtime_type(m.ptr()) < 0 ||
       PyModule_AddFunctions(m.ptr(), raw_functions) < 0) {
     throw py::error_already_set();

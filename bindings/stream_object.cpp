@@ -307,11 +307,10 @@ PyObject* tcp_set_fast_paths(StreamObject* self, PyObject* const* args, Py_ssize
     PyErr_SetString(PyExc_TypeError, "set_fast_paths() takes 4 arguments");
     return nullptr;
   }
-  auto opt = [](PyObject* o) { return o == Py_None ? nullptr : Py_NewRef(o); };
-  Py_XSETREF(self->data_received, opt(args[0]));
-  Py_XSETREF(self->on_protocol_error, opt(args[1]));
-  Py_XSETREF(self->slow_write, opt(args[2]));
-  Py_XSETREF(self->over_high_water, opt(args[3]));
+  Py_XSETREF(self->data_received, new_ref_unless_none(args[0]));
+  Py_XSETREF(self->on_protocol_error, new_ref_unless_none(args[1]));
+  Py_XSETREF(self->slow_write, new_ref_unless_none(args[2]));
+  Py_XSETREF(self->over_high_water, new_ref_unless_none(args[3]));
   Py_RETURN_NONE;
 }
 

@@ -142,8 +142,12 @@ class TcpTransport(TransportBase, asyncio.Transport):
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         super().set_protocol(protocol)
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
-        # Plain protocols get their bytes from the native read callback.
-        fast_read = None if self._buffered else getattr(protocol, "data_received", None)
+        # Plain protocols get their bytes from the native read callback, and
+        # so does shardloop's TLS protocol (its native feed takes what
+        # get_buffer/buffer_updated would).
+        fast_read = getattr(protocol, "_shardloop_feed", None)
+        if fast_read is None and not self._buffered:
+            fast_read = getattr(protocol, "data_received", None)
         self._stream.set_fast_paths(fast_read, self._data_received_failed, self._write, self._pause_protocol)
 
     # -- reading -----------------------------------------------------------
@@ -260,7 +264,9 @@ class TcpTransport(TransportBase, asyncio.Transport):
         self._write(data)
 
     def _data_received_failed(self, exc: BaseException) -> None:
-        self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+        # A TLS protocol's native feed stands for get_buffer/buffer_updated.
+        call = "buffer_updated" if self._buffered else "data_received"
+        self._fatal_error(exc, f"Fatal error: protocol.{call}() call failed.")
 
     def _write(self, data: Any) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):

@@ -1,14 +1,18 @@
 """aiohttp server and client in one loop (plain requests, a large streamed
-body, a websocket session), and web.run_app(loop=...) in a child process."""
+body, a websocket session; over plain TCP and over TLS), and
+web.run_app(loop=...) in a child process."""
 
 import asyncio
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from _integration_support import assert_runs_on, run
@@ -57,16 +61,32 @@ def make_app():
     return app
 
 
-async def serve_and_query(loop_name):
+@pytest.fixture(scope="module")
+def tls_pair(tmp_path_factory):
+    """(server context, client context) for a self-signed 127.0.0.1 certificate."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command")
+    d = tmp_path_factory.mktemp("aiohttp-tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert, key)
+    return server, ssl.create_default_context(cafile=str(cert))
+
+
+async def serve_and_query(loop_name, tls=None):
     assert_runs_on(asyncio.get_running_loop(), loop_name)
     runner = web.AppRunner(make_app())
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls[0] if tls else None)
     await site.start()
     port = runner.addresses[0][1]
-    base = f"http://127.0.0.1:{port}"
+    base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as session:
+        connector = aiohttp.TCPConnector(ssl=tls[1] if tls else True)
+        async with aiohttp.ClientSession(connector=connector) as session:
             async with session.get(f"{base}/hello/shard") as resp:
                 assert resp.status == 200
                 assert await resp.text() == "hello shard"
@@ -109,6 +129,12 @@ async def serve_and_query(loop_name):
 
 def test_aiohttp_server_and_client(loop_name, loop_factory):
     run(loop_factory, serve_and_query(loop_name))
+
+
+def test_aiohttp_over_tls(loop_name, loop_factory, tls_pair):
+    """The same session over HTTPS and WSS: shardloop's TLS layer on both
+    the server's and the client's connections."""
+    run(loop_factory, serve_and_query(loop_name, tls_pair))
 
 
 RUN_APP = """

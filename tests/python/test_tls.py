@@ -27,6 +27,7 @@ import threading
 import pytest
 
 import _support
+from _support import shardloop
 from _support import (close_server, collecting_factory, echo_handler, pattern, record_exceptions, run,
                       same_as_asyncio)
 
@@ -35,6 +36,31 @@ requires_openssl = pytest.mark.skipif(not HAVE_OPENSSL, reason="no openssl comma
 linux_only = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc (Linux)")
 
 pytestmark = requires_openssl
+
+
+def _tls_mode(native):
+    def make():
+        shardloop._tls.NATIVE = native
+        return shardloop.new_event_loop()
+    return make
+
+
+@pytest.fixture(params=[
+    pytest.param(asyncio.new_event_loop, id="asyncio"),
+    pytest.param("native", id="shardloop", marks=_support.requires_shardloop),
+    pytest.param("python", id="shardloop-pysslproto", marks=_support.requires_shardloop),
+])
+def loop_factory(request):
+    """asyncio's loop, and shardloop with each TLS layer: the native data
+    path (the default) and the SSLProtocol in Python (SHARDLOOP_TLS=python)."""
+    if callable(request.param):
+        yield request.param
+        return
+    saved = shardloop._tls.NATIVE
+    try:
+        yield _tls_mode(request.param == "native")
+    finally:
+        shardloop._tls.NATIVE = saved
 
 MIB = 1 << 20
 PEER_TIMEOUT = 10.0  # blocking peers give up after this long, so no thread outlives a test
@@ -157,6 +183,20 @@ class Greeter(Recorder):
 
 def port_of(server):
     return server.sockets[0].getsockname()[1]
+
+
+async def connected(lp, certs, server_cls, client_cls=Recorder):
+    """(server, client transport, client protocol, server protocols): a TLS
+    server making server_cls protocols on lp, and one client connected."""
+    factory, servers = collecting_factory(server_cls)
+    server = await lp.create_server(factory, "127.0.0.1", 0, ssl=certs.server_context())
+    try:
+        tr, client = await lp.create_connection(client_cls, "localhost", port_of(server),
+                                                ssl=certs.client_context())
+    except BaseException:
+        await close_server(server)
+        raise
+    return server, tr, client, servers
 
 
 # ============================================================ data through TLS
@@ -587,9 +627,11 @@ def test_server_handshake_timeout(loop, certs):
     assert same_as_asyncio(loop, scenario) == (b"", [[]])
 
 
-def test_shutdown_timeout(loop, certs):
+@pytest.mark.parametrize("paused", [False, True], ids=["reading", "reading_paused"])
+def test_shutdown_timeout(loop, certs, paused):
     """The peer never answers close_notify: the connection is dropped after
-    ssl_shutdown_timeout and the protocol hears why."""
+    ssl_shutdown_timeout and the protocol hears why, also when the app had
+    paused reading before it closed."""
     def server(lst, done):
         conn, _ = lst.accept()
         with certs.server_context().wrap_socket(blocking(conn), server_side=True) as s:
@@ -604,6 +646,8 @@ def test_shutdown_timeout(loop, certs):
                 tr, proto = await lp.create_connection(Recorder, "localhost", lst.getsockname()[1],
                                                        ssl=certs.client_context(), ssl_shutdown_timeout=0.2)
                 await proto.wait_for_bytes(2)
+                if paused:
+                    tr.pause_reading()
                 tr.close()
                 exc = await proto.lost
             finally:
@@ -821,3 +865,312 @@ def test_ssl_objects_do_not_accumulate_over_many_connections(sl, certs):
     finally:
         loop.close()
     assert after <= before
+
+
+# ============================================================ the native data path
+
+
+def _sslproto_calls(monkeypatch):
+    """Counts the calls of asyncio's SSLProtocol data-path methods."""
+    calls = {}
+    for name in ("buffer_updated", "_do_read", "_do_write", "_process_outgoing", "_write_appdata"):
+        original = getattr(asyncio.sslproto.SSLProtocol, name)
+
+        def counting(self, *args, _name=name, _original=original):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _original(self, *args)
+        monkeypatch.setattr(asyncio.sslproto.SSLProtocol, name, counting)
+    return calls
+
+
+class BufferedEcho(asyncio.BufferedProtocol):
+    """An echoing BufferedProtocol whose buffer holds a whole request (a
+    full buffer makes SSLProtocol read the rest in a later _do_read(), as
+    BufferedPausingEcho's does)."""
+
+    def __init__(self):
+        self.buf = bytearray(64 * 1024)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        # A memoryview: asyncio's SSLProtocol fills the rest of the buffer
+        # through buf[offset:], which on a bytearray would be a copy.
+        return memoryview(self.buf)
+
+    def buffer_updated(self, nbytes):
+        self.transport.write(bytes(self.buf[:nbytes]))
+
+
+@pytest.mark.parametrize("server_kind", [Echo, BufferedEcho], ids=["protocol", "buffered"])
+@pytest.mark.parametrize("native", [True, False], ids=["native", "pysslproto"])
+def test_steady_state_runs_without_sslprotocol_frames(sl, certs, monkeypatch, native, server_kind):
+    """After the handshake, 200 echo round trips go through
+    _core.TlsProtocol on both ends (the server's app a Protocol or a
+    BufferedProtocol): none of SSLProtocol's data-path methods runs. With
+    SHARDLOOP_TLS=python every round trip goes through them, which is what
+    makes this test able to fail."""
+    monkeypatch.setattr(sl._tls, "NATIVE", native)
+    loop = sl.new_event_loop()
+
+    async def main():
+        server, tr, client, servers = await connected(loop, certs, server_kind)
+        try:
+            tr.write(b"warm-up")
+            await client.wait_for_bytes(7)
+            calls = _sslproto_calls(monkeypatch)
+            cores = [t._ssl_protocol._shardloop_core for t in (tr, servers[0].transport)] if native else []
+            flags = [(c.fast_read, c.fast_write) for c in cores]
+            for i in range(200):
+                tr.write(b"%04d" % i + bytes(1020))
+                await client.wait_for_bytes(7 + 1024 * (i + 1))
+            steady = dict(calls)
+            tr.close()
+            await client.lost
+            return flags, steady, bytes(client.data[7:])
+        finally:
+            await close_server(server)
+
+    try:
+        flags, steady, echoed = run(loop, main(), 30)
+    finally:
+        loop.close()
+    assert echoed == b"".join(b"%04d" % i + bytes(1020) for i in range(200))
+    if native:
+        assert flags == [(True, True)] * 2
+        assert steady == {}
+    else:
+        assert steady["_do_read"] >= 400 and steady["_write_appdata"] >= 400
+
+
+class PausingEcho(Recorder):
+    """Echoes; pauses its own reading for a moment every `every` bytes."""
+
+    every = 300_000
+
+    def __init__(self):
+        super().__init__()
+        self.next_pause = self.every
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.transport.write(data)
+        if len(self.data) >= self.next_pause:
+            self.next_pause += self.every
+            self.transport.pause_reading()
+            self.loop.call_later(0.01, self.transport.resume_reading)
+
+
+class BufferedPausingEcho(asyncio.BufferedProtocol):
+    """The same as a BufferedProtocol reading into a 1000-byte buffer."""
+
+    every = 300_000
+
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.buf = bytearray(1000)
+        self.data = bytearray()
+        self.next_pause = self.every
+        self.lost = self.loop.create_future()
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def get_buffer(self, sizehint):
+        # A memoryview: asyncio's SSLProtocol fills the rest of the buffer
+        # through buf[offset:], which on a bytearray would be a copy.
+        return memoryview(self.buf)
+
+    def buffer_updated(self, nbytes):
+        chunk = bytes(self.buf[:nbytes])
+        self.data += chunk
+        self.transport.write(chunk)
+        if len(self.data) >= self.next_pause:
+            self.next_pause += self.every
+            self.transport.pause_reading()
+            self.loop.call_later(0.01, self.transport.resume_reading)
+
+    def eof_received(self):
+        return None
+
+    def connection_lost(self, exc):
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("server_kind", [PausingEcho, BufferedPausingEcho], ids=["protocol", "buffered"])
+def test_large_transfers_both_ways_with_pauses(loop, certs, server_kind):
+    """3 MiB each way through an echoing server that pauses its reading now
+    and then, a client that pauses its own reading too and writes in
+    uneven chunks under the SSL transport's write flow control: every byte
+    comes back, in order, and both sides see a clean close."""
+    payload = pattern(3 * MIB, 7)
+
+    class Client(Recorder):
+        every = 500_000
+        next_pause = every
+        paused_writing = None
+
+        def data_received(self, data):
+            super().data_received(data)
+            if len(self.data) >= self.next_pause:
+                self.next_pause += self.every
+                self.transport.pause_reading()
+                self.loop.call_later(0.01, self.transport.resume_reading)
+
+        def pause_writing(self):
+            super().pause_writing()
+            self.paused_writing = self.loop.create_future()
+
+        def resume_writing(self):
+            super().resume_writing()
+            self.paused_writing.set_result(None)
+
+    async def main():
+        server, tr, client, servers = await connected(loop, certs, server_kind, Client)
+        try:
+            tr.set_write_buffer_limits(high=256 * 1024)
+            i = 0
+            step = 70_001
+            while i < len(payload):
+                if client.paused_writing is not None:
+                    await client.paused_writing
+                    client.paused_writing = None
+                tr.write(payload[i:i + step])
+                i += step
+                step = 70_001 if step != 70_001 else 33_333
+                await asyncio.sleep(0)
+            await asyncio.wait_for(client.wait_for_bytes(len(payload)), 30)
+            tr.close()
+            await client.lost
+            await servers[0].lost
+            return bytes(client.data) == payload, bytes(servers[0].data) == payload, client.events[-1]
+        finally:
+            await close_server(server)
+
+    assert run(loop, main(), 60) == (True, True, ("lost", None))
+
+
+def test_app_error_in_data_received_is_fatal(loop, certs):
+    """data_received raising closes the connection and reaches the exception
+    handler with asyncio's message, on whichever path delivered it."""
+    class Failing(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            raise ZeroDivisionError("app bug")
+
+    async def scenario(lp):
+        contexts = record_exceptions(lp)
+        server, tr, client, servers = await connected(lp, certs, Failing)
+        try:
+            tr.write(b"boom")
+            await servers[0].lost
+            await client.lost
+            return ([(c["message"], type(c["exception"]).__name__) for c in contexts],
+                    servers[0].events[-1], bytes(servers[0].data))
+        finally:
+            await close_server(server)
+
+    assert same_as_asyncio(loop, scenario) == (
+        [("Fatal error on SSL protocol", "ZeroDivisionError")], ("lost", "ZeroDivisionError"), b"boom")
+
+
+def test_write_and_close_inside_data_received(loop, certs):
+    """The app answers and closes from data_received (the state leaves
+    WRAPPED in the middle of the native read): the client gets the answer,
+    then EOF, then a clean close; later writes are dropped as asyncio drops
+    them."""
+    class AnswerAndClose(Recorder):
+        def data_received(self, data):
+            super().data_received(data)
+            self.transport.write(b"answer:" + data)
+            self.transport.close()
+            self.transport.write(b"dropped")
+
+    async def scenario(lp):
+        server, tr, client, servers = await connected(lp, certs, AnswerAndClose)
+        try:
+            tr.write(b"question")
+            await client.lost
+            await servers[0].lost
+            return bytes(client.data), client.events, servers[0].events
+        finally:
+            await close_server(server)
+
+    assert same_as_asyncio(loop, scenario) == (
+        b"answer:question", ["made", "eof", ("lost", None)], ["made", "eof", ("lost", None)])
+
+
+def test_abort_mid_stream(loop, certs):
+    """The client aborts while the server streams: the client hears
+    connection_lost(None) at once, the server loses its connection too,
+    and nothing is written after the abort."""
+    class Streamer(Recorder):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.push()
+
+        def push(self):
+            if self.transport.is_closing():
+                return
+            self.transport.write(bytes(64 * 1024))
+            self.loop.call_later(0.001, self.push)
+
+    async def scenario(lp):
+        server, tr, client, servers = await connected(lp, certs, Streamer)
+        try:
+            await client.wait_for_bytes(256 * 1024)
+            tr.abort()
+            tr.write(b"after abort")  # dropped, as asyncio drops it
+            exc = await client.lost
+            await servers[0].lost
+            return exc, client.events[-1], tr.is_closing(), servers[0].events[0]
+        finally:
+            await close_server(server)
+
+    assert same_as_asyncio(loop, scenario, 20) == (None, ("lost", None), True, "made")
+
+
+def test_close_after_eof_with_reading_paused_is_bounded(loop, certs):
+    """The peer sends data and a bare TCP EOF (no close_notify) while the app
+    has reading paused, then stays silent; the app closes. asyncio's
+    SSLProtocol starts no shutdown timer on that path and waits until the app
+    resumes reading, which it never does: shardloop's drops the connection
+    after ssl_shutdown_timeout."""
+    if not _support.is_shardloop(loop):
+        pytest.skip("asyncio's SSLProtocol waits here without a timeout")
+
+    def server(lst, done):
+        conn, _ = lst.accept()
+        s = certs.server_context().wrap_socket(blocking(conn), server_side=True)
+        try:
+            s.sendall(b"hi")
+            done.wait(PEER_TIMEOUT)  # the client has paused reading
+            s.sendall(b"more")
+            s.shutdown(socket.SHUT_WR)  # drops the TLS layer first: a bare TCP EOF
+            done.wait(PEER_TIMEOUT)
+        finally:
+            s.close()
+
+    async def main():
+        paused, done = threading.Event(), threading.Event()
+        with listener() as lst:
+            peer = asyncio.ensure_future(in_thread(server, lst, paused))
+            try:
+                tr, proto = await loop.create_connection(Recorder, "localhost", lst.getsockname()[1],
+                                                         ssl=certs.client_context(), ssl_shutdown_timeout=0.2)
+                await proto.wait_for_bytes(2)
+                tr.pause_reading()
+                paused.set()
+                ssl_proto = tr._ssl_protocol
+                while ssl_proto._state is not asyncio.sslproto.SSLProtocolState.FLUSHING:
+                    await asyncio.sleep(0.005)  # eof_received() has run
+                tr.close()
+                exc = await asyncio.wait_for(proto.lost, 5)
+            finally:
+                done.set()
+                paused.set()
+            await peer
+            return type(exc).__name__, str(exc)
+
+    assert run(loop, main(), 15) == ("TimeoutError", "SSL shutdown timed out")
