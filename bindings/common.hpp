@@ -107,4 +107,13 @@ class ContextScope {
   PyObject* context_;
 };
 
+// Makes the heap type `spec` describes (deriving from `base` when given),
+// keeps it in `type` for the process, and adds it to `module` under the
+// last part of its dotted name.
+inline int add_type(PyObject* module, PyType_Spec& spec, PyTypeObject*& type, PyObject* base = nullptr) {
+  type = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &spec, base));
+  if (type == nullptr) return -1;
+  return PyModule_AddObjectRef(module, std::strrchr(spec.name, '.') + 1, reinterpret_cast<PyObject*>(type));
+}
+
 }  // namespace shardloop::py

@@ -524,9 +524,7 @@ PyType_Spec dgram_spec = {
 }  // namespace
 
 int init_datagram_type(PyObject* module) {
-  DatagramType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &dgram_spec, nullptr));
-  if (DatagramType == nullptr) return -1;
-  return PyModule_AddObjectRef(module, "Datagram", reinterpret_cast<PyObject*>(DatagramType));
+  return add_type(module, dgram_spec, DatagramType);
 }
 
 }  // namespace shardloop::py

@@ -441,13 +441,8 @@ HandleObject* handle_of(const Work& work) {
 }
 
 int init_handle_types(PyObject* module) {
-  HandleType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &handle_spec, nullptr));
-  if (HandleType == nullptr) return -1;
-  TimerHandleType = reinterpret_cast<PyTypeObject*>(
-      PyType_FromModuleAndSpec(module, &timer_spec, reinterpret_cast<PyObject*>(HandleType)));
-  if (TimerHandleType == nullptr) return -1;
-  if (PyModule_AddObjectRef(module, "Handle", reinterpret_cast<PyObject*>(HandleType)) < 0) return -1;
-  return PyModule_AddObjectRef(module, "TimerHandle", reinterpret_cast<PyObject*>(TimerHandleType));
+  if (add_type(module, handle_spec, HandleType) < 0) return -1;
+  return add_type(module, timer_spec, TimerHandleType, reinterpret_cast<PyObject*>(HandleType));
 }
 
 }  // namespace shardloop::py

@@ -828,9 +828,7 @@ int init_loop_type(PyObject* module) {
   kw_all = Py_BuildValue("(sss)", "loop", "name", "context");
   str_time = PyUnicode_InternFromString("time");
   if (!kw_loop || !kw_loop_name || !kw_loop_context || !kw_all || !str_time) return -1;
-  LoopType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &loop_spec, nullptr));
-  if (LoopType == nullptr) return -1;
-  return PyModule_AddObjectRef(module, "Loop", reinterpret_cast<PyObject*>(LoopType));
+  return add_type(module, loop_spec, LoopType);
 }
 
 }  // namespace shardloop::py

@@ -447,9 +447,7 @@ PyType_Spec tcp_spec = {
 }  // namespace
 
 int init_stream_type(PyObject* module) {
-  StreamType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tcp_spec, nullptr));
-  if (StreamType == nullptr) return -1;
-  return PyModule_AddObjectRef(module, "Stream", reinterpret_cast<PyObject*>(StreamType));
+  return add_type(module, tcp_spec, StreamType);
 }
 
 }  // namespace shardloop::py

@@ -615,9 +615,7 @@ int init_tls_type(PyObject* module) {
       !intern(&s_read_later, "_shardloop_read_later") || !intern(&s_fatal_message, "Fatal error on SSL protocol")) {
     return -1;
   }
-  TlsType = reinterpret_cast<PyTypeObject*>(PyType_FromModuleAndSpec(module, &tls_spec, nullptr));
-  if (TlsType == nullptr) return -1;
-  return PyModule_AddObjectRef(module, "TlsProtocol", reinterpret_cast<PyObject*>(TlsType));
+  return add_type(module, tls_spec, TlsType);
 }
 
 }  // namespace shardloop::py
