@@ -12,6 +12,7 @@ import itertools
 import os
 import socket
 import sys
+import weakref
 from asyncio import base_events, staggered, trsock
 from typing import Any, Callable
 
@@ -19,6 +20,19 @@ from . import _sendfile
 
 from ._tls import check_ssl_arguments, make_ssl_protocol, server_protocol_factory
 from ._transport import TcpTransport
+
+# Listening sockets a loop bound itself (create_server with host/port,
+# create_unix_server with a path). Only those accept on the ring: a socket
+# handed in (sock=) may be shared with other processes, uvicorn's and
+# gunicorn's workers, and the kernel gives a connection to the first
+# io_uring accept waiting on the socket (an exclusive wait), so one worker
+# took every connection; readiness wakes every process and they share.
+_bound_here: "weakref.WeakSet[socket.socket]" = weakref.WeakSet()
+
+
+def bound_here(sock: socket.socket) -> socket.socket:
+    _bound_here.add(sock)
+    return sock
 
 # asyncio pauses accepting this long when out of descriptors.
 _ACCEPT_RETRY_DELAY = 1.0
@@ -280,7 +294,7 @@ class TcpMixin:
             raise
         if not sockets:
             raise OSError("could not bind on any address out of {!r}".format([i[4] for i in infos]))
-        return sockets
+        return [bound_here(s) for s in sockets]
 
     # asyncio.Server drives these two.
     def _start_serving(self, protocol_factory: Callable[[], Any], sock: socket.socket,
@@ -295,7 +309,7 @@ class TcpMixin:
         # (when the kernel has it): no wake-up, accept4 or final EAGAIN per
         # batch. The rules stay asyncio's (_ring_accepted).
         accepted = functools.partial(self._ring_accepted, protocol_factory, sock, server, backlog)
-        if not self._ring_accept_start(sock.fileno(), accepted):
+        if sock not in _bound_here or not self._ring_accept_start(sock.fileno(), accepted):
             self._add_listener(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
 
     def _stop_serving(self, sock: socket.socket) -> None:

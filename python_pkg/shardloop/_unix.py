@@ -14,7 +14,7 @@ import stat
 import sys
 from typing import Any, Callable
 
-from ._tcp import _asyncio_signature
+from ._tcp import _asyncio_signature, bound_here
 from ._tls import check_ssl_arguments
 
 logger = logging.getLogger("asyncio")
@@ -58,7 +58,7 @@ def _bind_unix(path: str | bytes) -> socket.socket:
     except BaseException:
         sock.close()
         raise
-    return sock
+    return bound_here(sock)
 
 
 def _socket_file(sock: socket.socket) -> tuple[str | bytes, int] | None:
