@@ -5,6 +5,7 @@ them); each connection's bytes then flow through the native TcpTransport."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import functools
 import inspect
@@ -16,7 +17,7 @@ import weakref
 from asyncio import base_events, staggered, trsock
 from typing import Any, Callable
 
-from . import _sendfile
+from . import _core, _sendfile
 
 from ._tls import check_ssl_arguments, make_ssl_protocol, server_protocol_factory
 from ._transport import TcpTransport
@@ -308,7 +309,10 @@ class TcpMixin:
         # An io_uring loop accepts with one multishot accept on its ring
         # (when the kernel has it): no wake-up, accept4 or final EAGAIN per
         # batch. The rules stay asyncio's (_ring_accepted).
-        accepted = functools.partial(self._ring_accepted, protocol_factory, sock, server, backlog)
+        # In a copy of the context serving started in, as add_reader's
+        # handle runs _accept_ready: the protocols' callbacks keep it.
+        accepted = functools.partial(_core._run_in_context, contextvars.copy_context(), self._ring_accepted,
+                                     protocol_factory, sock, server, backlog)
         if sock not in _bound_here or not self._ring_accept_start(sock.fileno(), accepted):
             self._add_listener(sock.fileno(), self._accept_ready, protocol_factory, sock, server, backlog)
 
