@@ -6,6 +6,7 @@
 #include "handle.hpp"
 #include "loop_object.hpp"
 #include "sock_ops.hpp"
+#include "stream_reader_feed.hpp"
 #include "shardloop/acceptor.hpp"
 #include "shardloop/version.hpp"
 
@@ -43,6 +44,7 @@ PyMethodDef raw_functions[] = {
      "No-op through CPython's vectorcall, for call-cost measurements."},
     {"_set_asyncio_types", shardloop::py::set_asyncio_types, METH_VARARGS, nullptr},
     {"_set_socket_types", shardloop::py::set_socket_types, METH_VARARGS, nullptr},
+    {"_set_stream_types", shardloop::py::set_stream_types, METH_VARARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
 };
 

@@ -8,6 +8,7 @@
 #include "common.hpp"
 #include "loop_object.hpp"
 #include "shardloop/stream.hpp"
+#include "stream_reader_feed.hpp"
 
 namespace shardloop::py {
 
@@ -30,11 +31,13 @@ struct StreamObject {
   // reads go straight to protocol.data_received (one Python frame less per
   // read), and transport.write is this object's write_fast.
   PyObject* data_received;      // bound method, or nullptr: reads go to on_read
+  PyObject* stream_protocol;    // an asyncio.StreamReaderProtocol: reads go to its reader (stream_reader_feed)
   PyObject* on_protocol_error;  // on_protocol_error(exc) when data_received raised
   PyObject* slow_write;         // the transport's full write(), for what the fast path does not take
   PyObject* over_high_water;    // called when a write leaves more than high_water queued
   std::size_t high_water;
   bool fast_write;
+  bool closing;  // transport.is_closing(), kept by the transport
   // The transport's context: every callback above runs in it, wherever the
   // loop is when it comes (uvloop's rule; see README, Deliberate differences).
   PyObject* context;  // nullptr: the current context
@@ -88,10 +91,8 @@ void protocol_failed(StreamObject* self) {
 }
 
 // `bytes` (stolen; nullptr: the error raised making it) to the protocol's
-// data_received, or to on_read.
-void received(StreamObject* self, PyObject* bytes) {
-  Py_INCREF(self);  // the callback may drop the transport's last reference
-  ContextScope scope(self->context);
+// data_received, or to on_read. Runs in the transport's context.
+void deliver(StreamObject* self, PyObject* bytes) {
   if (self->data_received != nullptr) {
     PyObject* method = Py_NewRef(self->data_received);
     PyObject* r = bytes ? PyObject_Vectorcall(method, &bytes, 1, nullptr) : nullptr;
@@ -102,17 +103,46 @@ void received(StreamObject* self, PyObject* bytes) {
       protocol_failed(self);
     }
     Py_DECREF(method);
-    Py_DECREF(self);
     return;
   }
   PyObject* args[] = {bytes};
   call_back(self, self->on_read, args, 1);
+}
+
+// What was read, in `count` pieces of `total` bytes (one on epoll, the
+// provided buffers on io_uring): into a stream reader's buffer directly,
+// or joined into one bytes for the protocol.
+void received(StreamObject* self, const iovec* parts, int count, std::size_t total) {
+  Py_INCREF(self);  // the callback may drop the transport's last reference
+  ContextScope scope(self->context);
+  int fed = 0;
+  if (self->stream_protocol != nullptr) {
+    PyObject* protocol = Py_NewRef(self->stream_protocol);
+    fed = feed_stream_reader(protocol, parts, count, total);
+    Py_DECREF(protocol);
+  }
+  if (fed < 0) {
+    protocol_failed(self);
+  } else if (fed == 0) {
+    PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total));
+    if (bytes != nullptr) {
+      char* out = PyBytes_AS_STRING(bytes);
+      for (int k = 0; k < count; ++k) {
+        std::memcpy(out, parts[k].iov_base, parts[k].iov_len);
+        out += parts[k].iov_len;
+      }
+    }
+    deliver(self, bytes);
+  }
   Py_DECREF(self);
 }
 
 void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   auto* self = static_cast<StreamObject*>(ctx);
-  if (nread > 0) return received(self, PyBytes_FromStringAndSize(data, nread));
+  if (nread > 0) {
+    iovec part{const_cast<char*>(data), static_cast<std::size_t>(nread)};
+    return received(self, &part, 1, part.iov_len);
+  }
   Py_INCREF(self);
   ContextScope scope(self->context);
   PyObject* arg;
@@ -126,18 +156,9 @@ void on_read(void* ctx, const char* data, ssize_t nread) noexcept {
   Py_DECREF(self);
 }
 
-// io_uring: data in several provided buffers, copied once, into the bytes.
+// io_uring: data in several provided buffers.
 void on_read_parts(void* ctx, const iovec* parts, int count, std::size_t nread) noexcept {
-  auto* self = static_cast<StreamObject*>(ctx);
-  PyObject* bytes = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(nread));
-  if (bytes != nullptr) {
-    char* out = PyBytes_AS_STRING(bytes);
-    for (int k = 0; k < count; ++k) {
-      std::memcpy(out, parts[k].iov_base, parts[k].iov_len);
-      out += parts[k].iov_len;
-    }
-  }
-  received(self, bytes);
+  received(static_cast<StreamObject*>(ctx), parts, count, nread);
 }
 
 PyObject* error_or_none(int status) { return status < 0 ? uv_os_error(status) : Py_NewRef(Py_None); }
@@ -301,12 +322,16 @@ PyObject* tcp_write_fast(StreamObject* self, PyObject* data) {
   Py_RETURN_NONE;
 }
 
-// set_fast_paths(data_received, on_protocol_error, slow_write, over_high_water)
+// set_fast_paths(data_received, on_protocol_error, slow_write, over_high_water, protocol=None):
+// with the protocol given and an asyncio.StreamReaderProtocol, reads feed
+// its reader natively (falling back to data_received where they cannot).
 PyObject* tcp_set_fast_paths(StreamObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4) {
-    PyErr_SetString(PyExc_TypeError, "set_fast_paths() takes 4 arguments");
+  if (nargs != 4 && nargs != 5) {
+    PyErr_SetString(PyExc_TypeError, "set_fast_paths() takes 4 or 5 arguments");
     return nullptr;
   }
+  PyObject* stream_protocol = nargs == 5 && is_plain_stream_protocol(args[4]) ? args[4] : Py_None;
+  Py_XSETREF(self->stream_protocol, new_ref_unless_none(stream_protocol));
   Py_XSETREF(self->data_received, new_ref_unless_none(args[0]));
   Py_XSETREF(self->on_protocol_error, new_ref_unless_none(args[1]));
   Py_XSETREF(self->slow_write, new_ref_unless_none(args[2]));
@@ -336,6 +361,17 @@ int tcp_set_notify_writes(StreamObject* self, PyObject* value, void*) {
   int flag = value ? PyObject_IsTrue(value) : 0;
   if (flag < 0) return -1;
   self->notify_writes = flag;
+  return 0;
+}
+
+PyObject* tcp_is_closing(StreamObject* self, PyObject*) { return PyBool_FromLong(self->closing); }
+
+PyObject* tcp_get_closing(StreamObject* self, void*) { return PyBool_FromLong(self->closing); }
+
+int tcp_set_closing(StreamObject* self, PyObject* value, void*) {
+  int flag = value ? PyObject_IsTrue(value) : 0;
+  if (flag < 0) return -1;
+  self->closing = flag;
   return 0;
 }
 
@@ -372,6 +408,7 @@ int tcp_traverse(StreamObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->on_write);
   Py_VISIT(self->on_shutdown);
   Py_VISIT(self->data_received);
+  Py_VISIT(self->stream_protocol);
   Py_VISIT(self->on_protocol_error);
   Py_VISIT(self->slow_write);
   Py_VISIT(self->over_high_water);
@@ -384,6 +421,7 @@ int tcp_clear(StreamObject* self) {
   Py_CLEAR(self->on_write);
   Py_CLEAR(self->on_shutdown);
   Py_CLEAR(self->data_received);
+  Py_CLEAR(self->stream_protocol);
   Py_CLEAR(self->on_protocol_error);
   Py_CLEAR(self->slow_write);
   Py_CLEAR(self->over_high_water);
@@ -408,6 +446,8 @@ PyMethodDef tcp_methods[] = {
     {"write_fast", reinterpret_cast<PyCFunction>(tcp_write_fast), METH_O, "transport.write's common case."},
     {"set_fast_paths", reinterpret_cast<PyCFunction>(reinterpret_cast<void*>(tcp_set_fast_paths)), METH_FASTCALL,
      nullptr},
+    {"is_closing", reinterpret_cast<PyCFunction>(tcp_is_closing), METH_NOARGS,
+     "transport.is_closing(), from the flag the transport keeps in `closing`."},
     {"shutdown", reinterpret_cast<PyCFunction>(tcp_shutdown), METH_NOARGS, nullptr},
     {"close", reinterpret_cast<PyCFunction>(tcp_close), METH_NOARGS, nullptr},
     {nullptr, nullptr, 0, nullptr},
@@ -421,6 +461,8 @@ PyGetSetDef tcp_getset[] = {
     {"uses_ring", reinterpret_cast<getter>(tcp_get_uses_ring), nullptr, "on the loop's io_uring", nullptr},
     {"queued", reinterpret_cast<getter>(tcp_get_queued), nullptr, nullptr, nullptr},
     {"closed", reinterpret_cast<getter>(tcp_get_closed), nullptr, nullptr, nullptr},
+    {"closing", reinterpret_cast<getter>(tcp_get_closing), reinterpret_cast<setter>(tcp_set_closing), nullptr,
+     nullptr},
     {"fast_write", reinterpret_cast<getter>(tcp_get_fast_write), reinterpret_cast<setter>(tcp_set_fast_write), nullptr,
      nullptr},
     {"high_water", reinterpret_cast<getter>(tcp_get_high_water), reinterpret_cast<setter>(tcp_set_high_water), nullptr,

@@ -457,6 +457,8 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 _core._set_asyncio_types(futures.Future, tasks.Task)
+# Reads for these feed the reader's buffer natively (stream_reader_feed.cpp).
+_core._set_stream_types(asyncio.StreamReaderProtocol, asyncio.StreamReader)
 try:
     import ssl
 except ImportError:  # pragma: no cover - Python built without ssl

@@ -62,6 +62,7 @@ class TcpTransport(TransportBase, asyncio.Transport):
             if stream is not None:
                 stream.fast_write = not (self._closing_ or self._eof_ or self._conn_lost_
                                          or self._empty_waiter_ is not None)
+                stream.closing = self._closing_
         return property(get, set_)
 
     _closing = _fast_state("closing")
@@ -101,6 +102,7 @@ class TcpTransport(TransportBase, asyncio.Transport):
             raise
         loop._own_fd(sock.fileno(), self)
         self.write = self._stream.write_fast  # falls back to _write
+        self.is_closing = self._stream.is_closing  # StreamWriter.drain() asks on every call
         self._stream.fast_write = True
         self._protocol: Any = None
         self._closing = False
@@ -148,7 +150,10 @@ class TcpTransport(TransportBase, asyncio.Transport):
         fast_read = getattr(protocol, "_shardloop_feed", None)
         if fast_read is None and not self._buffered:
             fast_read = getattr(protocol, "data_received", None)
-        self._stream.set_fast_paths(fast_read, self._data_received_failed, self._write, self._pause_protocol)
+        # An asyncio.StreamReaderProtocol's reads go straight into its
+        # StreamReader (the native path checks it is asyncio's own class).
+        self._stream.set_fast_paths(fast_read, self._data_received_failed, self._write, self._pause_protocol,
+                                    protocol)
 
     # -- reading -----------------------------------------------------------
 
