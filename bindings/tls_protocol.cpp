@@ -18,6 +18,7 @@
 #include <cstring>
 
 #include "common.hpp"
+#include "stream_reader_feed.hpp"
 
 namespace shardloop::py {
 
@@ -41,6 +42,7 @@ struct TlsObject {
   PyObject* backlog;         // the SSLProtocol's _write_backlog (a deque)
   PyObject* again;           // (SSLWantReadError, SSLWantWriteError)
   PyObject* data_received;   // a Protocol app's, or nullptr
+  PyObject* stream_app;      // the app, when an asyncio.StreamReaderProtocol (stream_reader_feed)
   PyObject* get_buffer;      // a BufferedProtocol app's, or nullptr
   PyObject* buffer_updated;
   PyObject* raw_write;       // the raw transport's write, or nullptr
@@ -240,6 +242,13 @@ int read_copied(TlsObject* self, bool* eof) {
     if (rc == 1) break;
   }
   if (total == 0) return 0;
+  if (self->stream_app != nullptr) {
+    iovec plain{self->buf, static_cast<std::size_t>(total)};
+    PyObject* app = Py_NewRef(self->stream_app);
+    int fed = feed_stream_reader(app, &plain, 1, plain.iov_len);
+    Py_DECREF(app);
+    if (fed != 0) return fed < 0 ? -1 : 0;
+  }
   return call_app(self->data_received, PyBytes_FromStringAndSize(self->buf, total));
 }
 
@@ -450,15 +459,18 @@ PyObject* tls_sync(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
   Py_RETURN_NONE;
 }
 
-// set_peers(data_received, get_buffer, buffer_updated, raw_write): None for
-// what is gone or does not apply. The protocol sets them all to None when
+// set_peers(data_received, get_buffer, buffer_updated, raw_write, app=None):
+// None for what is gone or does not apply; with `app` an
+// asyncio.StreamReaderProtocol, plaintext goes to its reader natively. The protocol sets them all to None when
 // the connection is lost (detach), which also breaks the cycles through the
 // app protocol and the raw transport.
 PyObject* tls_set_peers(TlsObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 4) {
-    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, get_buffer, buffer_updated, raw_write)");
+  if (nargs != 4 && nargs != 5) {
+    PyErr_SetString(PyExc_TypeError, "set_peers(data_received, get_buffer, buffer_updated, raw_write, app=None)");
     return nullptr;
   }
+  PyObject* stream_app = nargs == 5 && args[0] != Py_None && is_plain_stream_protocol(args[4]) ? args[4] : Py_None;
+  Py_XSETREF(self->stream_app, new_ref_unless_none(stream_app));
   Py_XSETREF(self->data_received, new_ref_unless_none(args[0]));
   Py_XSETREF(self->get_buffer, new_ref_unless_none(args[1]));
   Py_XSETREF(self->buffer_updated, new_ref_unless_none(args[2]));
@@ -479,6 +491,7 @@ PyObject* tls_detach(TlsObject* self, PyObject*) {
   self->fast_read = false;
   self->fast_write = false;
   Py_CLEAR(self->data_received);
+  Py_CLEAR(self->stream_app);
   Py_CLEAR(self->get_buffer);
   Py_CLEAR(self->buffer_updated);
   Py_CLEAR(self->raw_write);
@@ -542,6 +555,7 @@ int tls_traverse(TlsObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->backlog);
   Py_VISIT(self->again);
   Py_VISIT(self->data_received);
+  Py_VISIT(self->stream_app);
   Py_VISIT(self->get_buffer);
   Py_VISIT(self->buffer_updated);
   Py_VISIT(self->raw_write);

@@ -115,7 +115,8 @@ class NativeSSLProtocol(PySSLProtocol):
         core.set_peers(None if app is None or buffered else app.data_received,
                        self._app_protocol_get_buffer if buffered else None,
                        self._app_protocol_buffer_updated if buffered else None,
-                       None if self._transport is None else self._transport.write)
+                       None if self._transport is None else self._transport.write,
+                       app)  # an asyncio.StreamReaderProtocol: plaintext straight into its reader
         self._shardloop_sync()
 
     def _shardloop_sync(self) -> None:

@@ -22,6 +22,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -1174,3 +1175,42 @@ def test_close_after_eof_with_reading_paused_is_bounded(loop, certs):
             return type(exc).__name__, str(exc)
 
     assert run(loop, main(), 15) == ("TimeoutError", "SSL shutdown timed out")
+
+
+def test_stream_readers_fed_natively_through_tls(loop, certs):
+    """Plaintext for an asyncio.StreamReaderProtocol goes into its reader
+    without data_received/feed_data frames on the native TLS path (the
+    Python SSLProtocol and asyncio's loop run both)."""
+    frames = []
+
+    def profile(frame, event, arg):
+        if event == "call" and frame.f_code.co_name in ("data_received", "feed_data"):
+            frames.append(frame.f_code.co_name)
+
+    async def main():
+        server = await asyncio.start_server(echo_handler, "127.0.0.1", 0, ssl=certs.server_context())
+        try:
+            reader, writer = await asyncio.open_connection("localhost", port_of(server),
+                                                           ssl=certs.client_context())
+            got = []
+            sys.setprofile(profile)
+            try:
+                for chunk in (b"one", b"two" * 1000, b"three" * 10000):
+                    writer.write(chunk)
+                    got.append(await reader.readexactly(len(chunk)) == chunk)
+            finally:
+                sys.setprofile(None)
+            writer.close()
+            await writer.wait_closed()
+            return got
+        finally:
+            await close_server(server)
+
+    assert run(loop, main(), 30) == [True, True, True]
+    # Each chunk is read at least once on each side: 6 feeds in Python. The
+    # native path leaves at most the server's first, when it came with the
+    # handshake's last flight (SSLProtocol._on_handshake_complete reads it).
+    if _support.is_shardloop(loop) and shardloop._tls.NATIVE:
+        assert frames.count("feed_data") <= 1, frames
+    else:
+        assert frames.count("feed_data") >= 6, frames
