@@ -38,6 +38,7 @@ struct StreamObject {
   std::size_t high_water;
   bool fast_write;
   bool closing;  // transport.is_closing(), kept by the transport
+  std::uint64_t read_iteration;  // the loop iteration that last delivered bytes
   // The transport's context: every callback above runs in it, wherever the
   // loop is when it comes (uvloop's rule; see README, Deliberate differences).
   PyObject* context;  // nullptr: the current context
@@ -113,6 +114,7 @@ void deliver(StreamObject* self, PyObject* bytes) {
 // provided buffers on io_uring): into a stream reader's buffer directly,
 // or joined into one bytes for the protocol.
 void received(StreamObject* self, const iovec* parts, int count, std::size_t total) {
+  self->read_iteration = self->loop->engine->iteration();
   Py_INCREF(self);  // the callback may drop the transport's last reference
   ContextScope scope(self->context);
   int fed = 0;
@@ -397,6 +399,12 @@ int tcp_set_high_water(StreamObject* self, PyObject* value, void*) {
   return 0;
 }
 
+// Whether bytes were delivered in the loop's current iteration (an EOF
+// found by the same poll as the bytes before it waits an iteration).
+PyObject* tcp_get_read_this_iteration(StreamObject* self, void*) {
+  return PyBool_FromLong(self->read_iteration != 0 && self->read_iteration == self->loop->engine->iteration());
+}
+
 PyObject* tcp_get_closed(StreamObject* self, void*) {
   return PyBool_FromLong(self->stream == nullptr || self->stream->closed());
 }
@@ -461,6 +469,7 @@ PyGetSetDef tcp_getset[] = {
     {"uses_ring", reinterpret_cast<getter>(tcp_get_uses_ring), nullptr, "on the loop's io_uring", nullptr},
     {"queued", reinterpret_cast<getter>(tcp_get_queued), nullptr, nullptr, nullptr},
     {"closed", reinterpret_cast<getter>(tcp_get_closed), nullptr, nullptr, nullptr},
+    {"read_this_iteration", reinterpret_cast<getter>(tcp_get_read_this_iteration), nullptr, nullptr, nullptr},
     {"closing", reinterpret_cast<getter>(tcp_get_closing), reinterpret_cast<setter>(tcp_set_closing), nullptr,
      nullptr},
     {"fast_write", reinterpret_cast<getter>(tcp_get_fast_write), reinterpret_cast<setter>(tcp_set_fast_write), nullptr,

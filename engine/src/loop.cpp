@@ -224,6 +224,7 @@ void Loop::arm_deadline(bool& block) {
 
 void Loop::run_once() {
   CurrentGuard guard(this);
+  ++iterations_;
   if (uv_is_active(reinterpret_cast<uv_handle_t*>(&idle_))) uv_idle_stop(&idle_);
   block_ = ready_.empty() && io_ready_.empty() && !stopping_;
   if (block_) arm_deadline(block_);

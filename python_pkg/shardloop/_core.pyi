@@ -126,6 +126,8 @@ class Stream:
     def queued(self) -> int: ...  # bytes the socket refused, still queued
     @property
     def closed(self) -> bool: ...
+    @property
+    def read_this_iteration(self) -> bool: ...  # bytes delivered by this iteration's poll
     fast_write: bool
     high_water: int
     notify_writes: bool

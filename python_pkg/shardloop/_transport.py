@@ -197,14 +197,18 @@ class TcpTransport(TransportBase, asyncio.Transport):
             self._fatal_error(data, "Fatal read error on socket transport")
             return
         if not data:
+            self._stream.read_stop()
+            self._eof_held = True
+            if not self._stream.read_this_iteration:
+                # A FIN alone: asyncio's recv() finds it in this iteration too.
+                self._on_eof()
+                return
             # libuv reports EOF from the same poll as the bytes before it;
             # asyncio's recv() finds it an iteration later. Going through the
             # ready queue keeps that iteration: otherwise connection_lost()
             # could follow the last data_received() in the same iteration, and
             # a run_until_complete() ending there would find the transport
             # closed (test_events' test_create_ssl_unix_connection).
-            self._stream.read_stop()
-            self._eof_held = True
             self._loop.call_soon(self._on_eof, context=self._context)
             return
         self._deliver(memoryview(data) if self._buffered else data)

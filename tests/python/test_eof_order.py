@@ -95,3 +95,85 @@ def test_connection_lost_after_run_until_complete_returns(loop):
     assert not proto.lost.done()
     run(loop, proto.lost)
     assert proto.events[-1] == ("lost", None)
+
+
+class Ticks:
+    """Counts loop iterations: one call_soon per iteration, again and again."""
+
+    def __init__(self, loop):
+        self.loop, self.n, self.on = loop, 0, True
+        loop.call_soon(self.tick)
+
+    def tick(self):
+        self.n += 1
+        if self.on:
+            self.loop.call_soon(self.tick)
+
+
+def test_a_fin_alone_is_seen_in_the_iteration_whose_poll_finds_it(loop):
+    # Only an EOF that came with bytes waits an iteration: a peer that closes
+    # with nothing unread is seen by the next poll's recv(), as in asyncio.
+    from _support import same_as_asyncio
+
+    async def scenario(lp):
+        ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours.setblocking(False)
+        events = []
+        eof = lp.create_future()
+
+        class P(asyncio.Protocol):
+            def data_received(self, data):
+                events.append(data)
+
+            def eof_received(self):
+                eof.set_result(ticks.n)
+
+        transport, _ = await lp.create_unix_connection(P, sock=ours)
+        peer.sendall(b"x")
+        while not events:
+            await asyncio.sleep(0)
+        ticks = Ticks(lp)
+        await asyncio.sleep(0)
+        start = ticks.n
+        peer.close()
+        seen = await eof - start
+        ticks.on = False
+        transport.close()
+        return seen
+
+    same_as_asyncio(loop, scenario)
+
+
+def test_a_streams_handler_ends_before_the_runner_does(loop_factory):
+    # The client closes and waits; the server's handler sees the EOF and ends
+    # before asyncio.run() cancels what is left (3.11's start_server logs a
+    # handler that was cancelled: the FIN must not wait an extra iteration).
+    outcome = []
+    errors = []
+
+    async def main():
+        asyncio.get_running_loop().set_exception_handler(lambda lp, ctx: errors.append(ctx["message"]))
+
+        async def handler(reader, writer):
+            try:
+                while data := await reader.read(1000):
+                    writer.write(data)
+                    await writer.drain()
+                outcome.append("eof")
+            except asyncio.CancelledError:
+                outcome.append("cancelled")
+                raise
+            writer.close()
+
+        server = await asyncio.start_server(handler, "127.0.0.1", 0)
+        reader, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        writer.write(b"ping")
+        await writer.drain()
+        assert await reader.readexactly(4) == b"ping"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
+    assert (outcome, errors) == (["eof"], [])

@@ -209,6 +209,9 @@ class Loop {
   // The ring, once the loop has run on its thread (io_uring backend only).
   Ring* ring() const noexcept { return ring_.get(); }
   IoStats& io_stats() noexcept { return io_stats_; }
+  // Iterations begun so far (run_once calls): lets an owner tell whether
+  // two callbacks came from the same poll.
+  std::uint64_t iteration() const noexcept { return iterations_; }
 
   // One read buffer per loop, shared by its streams: a read callback
   // consumes the bytes before the next read starts, and one buffer stays
@@ -291,6 +294,7 @@ class Loop {
   bool aborting_ = false;
   bool block_ = false;
   std::uint64_t last_poll_ms_ = 0;  // uv_now() after the last poll
+  std::uint64_t iterations_ = 0;
   bool waiting_ = false;
   std::atomic<bool> closed_{false};
 };
