@@ -8,7 +8,9 @@
 #include <sys/un.h>
 
 #include <cstddef>
+#include <cstdint>
 #include <cstring>
+#include <utility>
 #include <system_error>
 
 #include "common.hpp"
@@ -40,11 +42,17 @@ struct DatagramObject {
   // An open socket keeps itself alive, as a selector's registration keeps
   // asyncio's transport: a protocol need not hold on to its transport.
   bool self_ref;
-  // The last source address and its Python form: a peer usually sends
-  // more than one datagram, and a tuple is immutable.
-  sockaddr_storage last_addr;
-  socklen_t last_addrlen;
-  PyObject* last_addr_obj;
+  // Recent source addresses and their Python forms: a peer usually sends
+  // more than one datagram, and a tuple is immutable. Formatting an IPv4
+  // address (inet_ntop) was a third of a UDP echo server's instructions
+  // with ten peers and one cached address. A reply to the same tuple then
+  // finds its sockaddr here too, unparsed.
+  static constexpr int kAddrCache = 64;  // two-way: a pair of slots per hash
+  struct CachedAddr {
+    sockaddr_in6 addr;  // IP addresses only: the others need no inet_ntop
+    socklen_t len;
+    PyObject* obj;  // nullptr: empty
+  } addr_cache[kAddrCache];
 };
 
 PyTypeObject* DatagramType = nullptr;
@@ -77,19 +85,47 @@ PyObject* address_object(const sockaddr* addr, socklen_t addrlen) {
   return Py_BuildValue("(iy#)", addr->sa_family, addr->sa_data, static_cast<Py_ssize_t>(sizeof addr->sa_data));
 }
 
+// The first of the two slots an address may be in: a hash of its bytes.
+int addr_slot(const sockaddr* addr, socklen_t addrlen) {
+  std::uint32_t h = 2166136261u;
+  const auto* p = reinterpret_cast<const unsigned char*>(addr);
+  for (socklen_t i = 0; i < addrlen; ++i) h = (h ^ p[i]) * 16777619u;
+  return static_cast<int>((h ^ (h >> 15)) % DatagramObject::kAddrCache) & ~1;
+}
+
 PyObject* cached_address(DatagramObject* self, const sockaddr* addr, socklen_t addrlen) {
   if (addr == nullptr || addrlen == 0) Py_RETURN_NONE;
-  if (self->last_addr_obj != nullptr && addrlen == self->last_addrlen && addrlen <= sizeof self->last_addr &&
-      std::memcmp(addr, &self->last_addr, addrlen) == 0) {
-    return Py_NewRef(self->last_addr_obj);
+  if (addrlen > sizeof(sockaddr_in6)) return address_object(addr, addrlen);
+  DatagramObject::CachedAddr* pair = &self->addr_cache[addr_slot(addr, addrlen)];
+  for (int k = 0; k < 2; ++k) {
+    DatagramObject::CachedAddr& e = pair[k];
+    if (e.obj != nullptr && e.len == addrlen && std::memcmp(addr, &e.addr, addrlen) == 0) {
+      if (k == 1) std::swap(pair[0], pair[1]);  // the newer first: it is evicted last
+      return Py_NewRef(pair[0].obj);
+    }
   }
   PyObject* obj = address_object(addr, addrlen);
-  if (obj != nullptr && addrlen <= sizeof self->last_addr) {
-    std::memcpy(&self->last_addr, addr, addrlen);
-    self->last_addrlen = addrlen;
-    Py_XSETREF(self->last_addr_obj, Py_NewRef(obj));
+  if (obj != nullptr) {
+    Py_XDECREF(pair[1].obj);
+    pair[1] = pair[0];
+    std::memcpy(&pair[0].addr, addr, addrlen);
+    pair[0].len = addrlen;
+    pair[0].obj = Py_NewRef(obj);
   }
   return obj;
+}
+
+// The sockaddr of an address object this transport handed out (a reply to
+// a sender passes its tuple back): false when `addr` is not one of them.
+bool known_address(DatagramObject* self, PyObject* addr, sockaddr_storage* out, socklen_t* len) {
+  for (const auto& e : self->addr_cache) {
+    if (e.obj == addr) {
+      std::memcpy(out, &e.addr, e.len);
+      *len = e.len;
+      return true;
+    }
+  }
+  return false;
 }
 
 // A callback raised: KeyboardInterrupt and SystemExit end the run, the
@@ -368,7 +404,9 @@ PyObject* dgram_sendto_fast(DatagramObject* self, PyObject* const* args, size_t 
   bool fast = self->fast_send && kwnames == nullptr && nargs <= 2 && plain && open_now(self) &&
               (Py_SIZE(data) != 0 || self->send_empty);
   if (fast) {
-    fast = self->connected ? addr == Py_None : addr != Py_None && parse_address(self->family, addr, &ss, &sslen);
+    fast = self->connected ? addr == Py_None
+                           : addr != Py_None && (known_address(self, addr, &ss, &sslen) ||
+                                                 parse_address(self->family, addr, &ss, &sslen));
   }
   if (!fast) {
     if (self->slow_sendto == nullptr) return check(UV_EBADF);
@@ -452,7 +490,7 @@ int dgram_traverse(DatagramObject* self, visitproc visit, void* arg) {
   Py_VISIT(self->on_write);
   Py_VISIT(self->on_callback_error);
   Py_VISIT(self->context);
-  Py_VISIT(self->last_addr_obj);
+  for (const auto& e : self->addr_cache) Py_VISIT(e.obj);
   Py_VISIT(self->slow_sendto);
   Py_VISIT(self->on_send_error);
   Py_VISIT(self->on_queued);
@@ -465,7 +503,7 @@ int dgram_clear(DatagramObject* self) {
   Py_CLEAR(self->on_write);
   Py_CLEAR(self->on_callback_error);
   Py_CLEAR(self->context);
-  Py_CLEAR(self->last_addr_obj);
+  for (auto& e : self->addr_cache) Py_CLEAR(e.obj);
   Py_CLEAR(self->slow_sendto);
   Py_CLEAR(self->on_send_error);
   Py_CLEAR(self->on_queued);

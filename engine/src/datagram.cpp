@@ -199,7 +199,7 @@ void Datagram::readable() noexcept {
       }
       callbacks_.on_datagram(callbacks_.ctx, arena + i * slot_, len, addrlen ? addr : nullptr, addrlen);
     }
-    if (n < slots || !reading_ || closed()) return;
+    if (!reading_ || closed()) return;
   }
 }
 

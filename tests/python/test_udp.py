@@ -210,6 +210,61 @@ def test_echo_thousand_datagrams(loop):
     assert got == [numbered(i, 64 + i % 200) for i in range(total)]
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_many_peers_each_get_their_own_address_and_replies(loop, family):
+    """More senders than shardloop keeps formatted source addresses for
+    (its cache is 64 slots, two per hash): every datagram still names its
+    own sender, and a reply to that address object reaches that sender."""
+    peers, rounds = 150, 4
+
+    class Reply(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.seen = []
+
+        def connection_made(self, transport):
+            self.transport = transport
+
+        def datagram_received(self, data, addr):
+            self.seen.append((data, addr))
+            self.transport.sendto(b"re:" + data, addr)
+
+    async def main():
+        server_tr, server = await endpoint(loop, Reply, local_addr=(LOOPBACK[family], 0))
+        where = server_tr.get_extra_info("sockname")
+        socks = []
+        for _ in range(peers):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.bind((LOOPBACK[family], 0))
+            s.connect(where)
+            s.setblocking(False)
+            socks.append(s)
+        try:
+            for r in range(rounds):
+                for i, s in enumerate(socks):
+                    s.send(b"%d:%d" % (i, r))
+                await wait_until(lambda: len(server.seen) == peers * (r + 1))
+            replies_ok = True
+            for i, s in enumerate(socks):
+                got = []
+                while len(got) < rounds:
+                    try:
+                        got.append(s.recv(100))
+                    except BlockingIOError:
+                        await asyncio.sleep(0.001)
+                replies_ok = replies_ok and sorted(got) == sorted(b"re:%d:%d" % (i, r) for r in range(rounds))
+            names = {data.split(b":")[0]: set() for data, _ in server.seen}
+            for data, addr in server.seen:
+                names[data.split(b":")[0]].add(addr[:2])
+            own = all(names[b"%d" % i] == {s.getsockname()[:2]} for i, s in enumerate(socks))
+            return own, replies_ok, len(server.seen)
+        finally:
+            server_tr.close()
+            for s in socks:
+                s.close()
+
+    assert run(loop, main(), timeout=30.0) == (True, True, peers * rounds)
+
+
 def test_empty_datagram(loop):
     async def main():
         server_tr, server = await endpoint(loop, local_addr=("127.0.0.1", 0))

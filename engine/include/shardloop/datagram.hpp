@@ -44,9 +44,12 @@ class Datagram final : public PolledHandle {
     void (*on_close)(void* ctx) noexcept = nullptr;
   };
 
-  // Datagrams read per recvmmsg()/sendmmsg() call, and calls per wake.
+  // Datagrams read per recvmmsg()/sendmmsg() call, and at most this many
+  // calls per wake: reading goes on while the kernel has datagrams (replies
+  // sent from this batch bring the next requests), as libuv's UDP handles
+  // read until EAGAIN; the cap keeps other handles' turn.
   static constexpr int kBatch = 32;
-  static constexpr int kBatchesPerWake = 2;
+  static constexpr int kBatchesPerWake = 8;
   // The largest datagram read, as asyncio's transports read (longer ones
   // are cut there, as recvfrom(256 KiB) cuts them). IP sockets use 64 KiB
   // slots instead: no UDP datagram is longer.
