@@ -16,21 +16,40 @@ namespace {
 // the allocator and the GC's allocation count (which triggers collections).
 // With the GIL disabled a global list would need a lock, and under ASan it
 // would hide use-after-free, so it is off there.
+//
+// The list is not bounded by a small count: call_soon_threadsafe's producer
+// makes every handle of its GIL interval (tens of thousands) before the
+// loop frees one, and with only a few hundred kept the rest went back to
+// pymalloc, whose emptied arenas went back to the kernel and came back as
+// fresh pages (page faults) on the next burst. What a burst leaves here
+// stays while it is used again; what goes unused for a second beyond the
+// first kKeep is freed when a loop next goes to sleep (trim()). Timer
+// handles keep the old bound: a larger one did not change call_later's
+// throughput (its timers wait on the heap, not in a burst).
 #if !defined(Py_GIL_DISABLED) && !defined(__SANITIZE_ADDRESS__)
 #define SHARDLOOP_FREELIST 1
 #endif
-template <typename T>
+template <typename T, std::size_t kMax>
 struct FreeList {
-  static constexpr int kMax = 256;
-  T* items[kMax];
-  int size = 0;
+  // Always kept; kMax is the most ever kept.
+  static constexpr std::size_t kKeep = kMax < 256 ? kMax : 256;
+  // Linked through the dead objects' `callback` field.
+  HandleObject* head = nullptr;
+  std::size_t size = 0;
+  // The fewest kept since the last trim(): that many went unused meanwhile.
+  std::size_t low = 0;
+  double last_trim = 0.0;
+
+  static HandleObject*& next(HandleObject* obj) { return *reinterpret_cast<HandleObject**>(&obj->callback); }
 
   T* take(PyTypeObject* type) {
 #ifdef SHARDLOOP_FREELIST
-    if (size > 0) {
-      T* obj = items[--size];
+    if (head != nullptr) {
+      HandleObject* obj = head;
+      head = next(obj);
+      if (--size < low) low = size;
       PyObject_Init(reinterpret_cast<PyObject*>(obj), type);
-      return obj;
+      return reinterpret_cast<T*>(obj);
     }
 #endif
     return PyObject_GC_New(T, type);
@@ -39,16 +58,35 @@ struct FreeList {
   bool give(T* obj) {
 #ifdef SHARDLOOP_FREELIST
     if (size < kMax) {
-      items[size++] = obj;
+      auto* h = reinterpret_cast<HandleObject*>(obj);
+      next(h) = head;
+      head = h;
+      ++size;
       return true;
     }
 #endif
     (void)obj;
     return false;
   }
+
+  // Frees what stayed unused (beyond kKeep) since the last trim, once a
+  // second at most.
+  void trim(double now) {
+    if (size <= kKeep || now - last_trim < 1.0) return;
+    std::size_t excess = low > kKeep ? low - kKeep : 0;
+    for (; excess != 0; --excess) {
+      HandleObject* obj = head;
+      head = next(obj);
+      --size;
+      PyObject_GC_Del(obj);
+    }
+    low = size;
+    last_trim = now;
+  }
 };
-FreeList<HandleObject> handle_freelist;
-FreeList<TimerHandleObject> timer_freelist;
+// At most 6 MiB of plain handles (96 bytes each with the GC header).
+FreeList<HandleObject, std::size_t{1} << 16> handle_freelist;
+FreeList<TimerHandleObject, 256> timer_freelist;
 
 void handle_clear_call(HandleObject* self) {
   Py_CLEAR(self->callback);
@@ -435,6 +473,12 @@ HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObj
 }
 
 Work handle_work(HandleObject* handle) { return Work{&run_handle_work, handle}; }
+
+void handle_freelist_trim() {
+#ifdef SHARDLOOP_FREELIST
+  if (handle_freelist.size > handle_freelist.kKeep) handle_freelist.trim(monotonic_now());
+#endif
+}
 
 HandleObject* handle_of(const Work& work) {
   return work.fn == &run_handle_work ? static_cast<HandleObject*>(work.ctx) : nullptr;

@@ -43,6 +43,10 @@ int init_handle_types(PyObject* module);
 HandleObject* handle_new(LoopObject* loop, bool timer, PyObject* callback, PyObject* const* args,
                          Py_ssize_t nargs, PyObject* context);
 
+// Loop thread, with the GIL, before the loop sleeps: frees the recycled
+// plain handles that went unused for a second (FreeList in handle.cpp).
+void handle_freelist_trim();
+
 // The Work that runs a handle; it owns one reference to the handle.
 Work handle_work(HandleObject* handle);
 // The handle a Work of handle_work() carries, else nullptr.

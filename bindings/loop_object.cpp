@@ -37,6 +37,7 @@ PyObject* str_time = nullptr;  // "time", for loop_clock
 
 void release_gil(void* ctx) {
   auto* self = static_cast<LoopObject*>(ctx);
+  handle_freelist_trim();
   self->waiting_tstate = PyEval_SaveThread();
 }
 

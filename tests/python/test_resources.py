@@ -3,6 +3,9 @@
 import asyncio
 import gc
 import os
+import threading
+import time
+import tracemalloc
 
 import pytest
 
@@ -121,6 +124,39 @@ def test_many_cancelled_timers_do_not_leak(loop):
     churn(100_000)
     gc.collect()
     assert _rss_bytes() - rss < max(rss * 0.05, 4 * 1024 * 1024)
+
+
+def test_threadsafe_burst_memory_is_returned_once_idle(loop):
+    """The memory of a 50,000-handle call_soon_threadsafe burst is freed
+    within a few seconds of sleeping: shardloop keeps dead handles for the
+    next burst only while bursts keep coming."""
+
+    def noop():
+        pass
+
+    def producer():
+        for _ in range(50_000):
+            loop.call_soon_threadsafe(noop)
+
+    async def main():
+        thread = threading.Thread(target=producer)
+        thread.start()
+        thread.join()  # the pushes need no help from the loop
+        for _ in range(3):
+            await asyncio.sleep(0)
+        gc.collect()
+        deadline = time.monotonic() + 8.0
+        while tracemalloc.get_traced_memory()[0] - before > 1024 * 1024:
+            assert time.monotonic() < deadline, "%d bytes still held" % (tracemalloc.get_traced_memory()[0] - before)
+            await asyncio.sleep(0.1)
+
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run(loop, main(), timeout=15.0)
+    finally:
+        tracemalloc.stop()
 
 
 def test_unclosed_loop_with_pending_callbacks_is_collected(loop_factory):
