@@ -217,7 +217,14 @@ Queued unless_running_elsewhere(LoopObject* self, F&& f) {
 
 Queued queue_soon(LoopObject* self, Work work, bool threadsafe) {
   auto threadsafe_push = [&] { return self->engine->call_soon_threadsafe(work) ? Queued::ok : Queued::closed; };
+#ifdef Py_GIL_DISABLED
   if (threadsafe) return guarded(threadsafe_push);
+#else
+  // The GIL is the engine's embedder lock: held here, by the loop whenever
+  // it touches its queues, and around engine->close().
+  if (threadsafe)
+    return guarded([&] { return self->engine->call_soon_threadsafe_locked(work) ? Queued::ok : Queued::closed; });
+#endif
   auto push = [&] {
     self->engine->call_soon(work);
     return Queued::ok;

@@ -51,6 +51,24 @@ class Inbox {
     return true;
   }
 
+  // push() for a writer holding a lock that close() and every drain() also
+  // hold (a Python loop's GIL): the lock orders this push against them, so
+  // it needs neither the gate nor a read-modify-write of the flag, only
+  // plain loads and stores. The owner may look at the flag without the lock
+  // (before it sleeps, or a Runtime's idle watch), so the push that raises
+  // it still runs `wake`, which fences before it looks at the owner's sleep
+  // state, as push()'s does. One that finds the flag up relies on a drain
+  // still to come, which the lock orders after it.
+  template <typename Wake>
+  bool push_locked(const Work& work, Wake&& wake) {
+    if (closed_.load(std::memory_order_relaxed)) return false;
+    if (!queue_.enqueue(work)) throw std::bad_alloc();
+    if (pending_.load(std::memory_order_relaxed)) return true;
+    pending_.store(true, std::memory_order_release);
+    wake();
+    return true;
+  }
+
   // Any thread: runs `fn` unless the inbox is closed, as a writer would.
   template <typename Fn>
   void if_open(Fn&& fn) {

@@ -148,6 +148,19 @@ bool Loop::call_soon_threadsafe(Work work) {
   });
 }
 
+bool Loop::call_soon_threadsafe_locked(Work work) {
+  if (tls_current == this) {
+    if (is_closed()) return false;
+    call_soon(work);
+    return true;
+  }
+  return inbox_->push_locked(work, [this] {
+    // As in call_soon_threadsafe(): pairs with the fence in on_prepare.
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_relaxed)) uv_async_send(&async_);
+  });
+}
+
 void Loop::wake() noexcept {
   // Behind the inbox's gate, which close() shuts before the async handle
   // goes: libuv aborts on an async handle sent to after its loop closed.

@@ -3,7 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -229,6 +231,116 @@ TEST(Inbox, CloseRacingProducersFinishesEveryItemExactlyOnce) {
   }
   EXPECT_EQ(bad, 0);
   EXPECT_FALSE(loop->call_soon_threadsafe(Work{&Stream::fn, &items[0][0]}));
+}
+
+// An embedder lock standing in for the GIL: the loop holds it except
+// during its kernel wait (the hooks give it up and take it back).
+struct EmbedderLock {
+  std::mutex mu;
+  static Loop::Hooks hooks(EmbedderLock* lock) {
+    Loop::Hooks h;
+    h.ctx = lock;
+    h.before_wait = [](void* ctx) { static_cast<EmbedderLock*>(ctx)->mu.unlock(); };
+    h.after_wait = [](void* ctx) { static_cast<EmbedderLock*>(ctx)->mu.lock(); };
+    return h;
+  }
+};
+
+TEST(Inbox, LockedPushesWithGatedOnesExactCountsFifoNoLostWakeup) {
+  // call_soon_threadsafe_locked() from threads holding the embedder lock,
+  // alongside plain call_soon_threadsafe() from threads that do not: every
+  // item runs once, in order per producer. The producers pause now and then
+  // so the loop goes to sleep often; a lost wake-up ends in the watchdog.
+  Watchdog dog("LockedPushesWithGatedOnesExactCountsFifoNoLostWakeup", 30);
+  constexpr int kProducers = 4;  // even: locked, odd: gated
+  constexpr int kPerProducer = 20000;
+  Loop loop;
+  EmbedderLock lock;
+  loop.set_hooks(EmbedderLock::hooks(&lock));
+  Stream stream;
+  stream.loop = &loop;
+  stream.expected_total = kProducers * kPerProducer;
+  stream.last_seq.assign(kProducers, -1);
+  std::vector<std::vector<Item>> items(kProducers, std::vector<Item>(kPerProducer));
+  for (int p = 0; p < kProducers; ++p)
+    for (int i = 0; i < kPerProducer; ++i) items[p][i] = Item{&stream, p, i, 0, 0};
+
+  std::atomic<int> refused{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      for (int i = 0; i < kPerProducer; ++i) {
+        Work work{&Stream::fn, &items[p][i]};
+        bool ok;
+        if (p % 2 == 0) {
+          std::lock_guard<std::mutex> held(lock.mu);
+          ok = loop.call_soon_threadsafe_locked(work);
+        } else {
+          ok = loop.call_soon_threadsafe(work);
+        }
+        if (!ok) refused.fetch_add(1);
+        if (i % 64 == 63) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    });
+  }
+  lock.mu.lock();
+  loop.call_soon([&] { go.store(true, std::memory_order_release); });
+  EXPECT_EQ(loop.run(), Loop::Exit::stopped);
+  lock.mu.unlock();
+  for (auto& t : producers) t.join();
+
+  EXPECT_EQ(refused.load(), 0);
+  EXPECT_EQ(stream.total, kProducers * kPerProducer);
+  EXPECT_EQ(stream.fifo_violations, 0);
+  int not_once = 0;
+  for (int p = 0; p < kProducers; ++p)
+    for (int i = 0; i < kPerProducer; ++i)
+      if (items[p][i].runs != 1 || items[p][i].discards != 0) ++not_once;
+  EXPECT_EQ(not_once, 0) << "items lost or run twice";
+}
+
+TEST(Inbox, LockedPushesRacingCloseUnderTheLockFinishEveryItemOnce) {
+  // close() under the embedder lock while locked producers push: an item
+  // is either refused (left to its producer) or discarded by close() once.
+  Watchdog dog("LockedPushesRacingCloseUnderTheLockFinishEveryItemOnce", 30);
+  constexpr int kProducers = 3;
+  constexpr int kMax = 20000;
+  auto loop = std::make_unique<Loop>();
+  EmbedderLock lock;
+  std::vector<std::vector<Item>> items(kProducers, std::vector<Item>(kMax));
+  std::vector<int> accepted(kProducers, 0);
+  std::atomic<int> total_accepted{0};
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      for (int i = 0; i < kMax; ++i) {
+        std::lock_guard<std::mutex> held(lock.mu);
+        if (!loop->call_soon_threadsafe_locked(Work{&Stream::fn, &items[p][i]})) return;
+        ++accepted[p];
+        total_accepted.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  while (total_accepted.load(std::memory_order_relaxed) < 1000) std::this_thread::yield();
+  {
+    std::lock_guard<std::mutex> held(lock.mu);
+    loop->close();
+  }
+  for (auto& t : producers) t.join();
+  int bad = 0;
+  for (int p = 0; p < kProducers; ++p) {
+    for (int i = 0; i < kMax; ++i) {
+      const Item& it = items[p][i];
+      bool was_accepted = i < accepted[p];
+      if (it.runs != 0) ++bad;
+      if (was_accepted && it.discards != 1) ++bad;
+      if (!was_accepted && it.discards != 0) ++bad;
+    }
+  }
+  EXPECT_EQ(bad, 0);
+  EXPECT_FALSE(loop->call_soon_threadsafe_locked(Work{&Stream::fn, &items[0][0]}));
 }
 
 TEST(Inbox, ItemsPostedBeforeStopBeforeRunRunInThatOneIteration) {

@@ -119,6 +119,13 @@ class Loop {
   // is closed.
   bool call_soon_threadsafe(Work work);
   bool call_soon_threadsafe(std::function<void()> fn);
+  // call_soon_threadsafe() for an embedder with a lock of its own (the GIL)
+  // that the caller holds, and that the loop holds whenever it touches its
+  // queues, giving it up only between Hooks::before_wait and after_wait,
+  // and that close() is called under: the lock orders the push against
+  // close() and the drains, which saves the writer gate's two locked
+  // instructions and the flag's exchange per push.
+  bool call_soon_threadsafe_locked(Work work);
 
   // Runs iterations until stop() (after the iteration that saw it) or
   // abort() (right after the callback that called it). Whatever way it
