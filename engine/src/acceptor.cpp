@@ -92,7 +92,7 @@ Acceptor* Acceptor::open(Loop& loop, int fd, const Callbacks& callbacks) {
 }
 
 void Acceptor::arm() noexcept {
-  io_uring_sqe* s = ring_->sqe(Ring::tag(this, Ring::kAccept));
+  io_uring_sqe* s = ring_->sqe(Ring::client_tag(this));
   io_uring_prep_multishot_accept(s, fd_, nullptr, nullptr, kAcceptFlags);
   armed_ = true;
   ++inflight_;
@@ -121,7 +121,7 @@ bool Acceptor::place(int& fd) noexcept {
 void Acceptor::stop(int err) noexcept {
   stopped_ = true;
   if (armed_) {
-    io_uring_prep_cancel64(ring_->sqe(Ring::kIgnore), Ring::tag(this, Ring::kAccept), 0);
+    io_uring_prep_cancel64(ring_->sqe(Ring::kIgnore), Ring::client_tag(this), 0);
     armed_ = false;  // its last completion still comes, and is counted
   }
   callbacks_.on_error(callbacks_.ctx, err);
@@ -156,12 +156,13 @@ void Acceptor::resume() noexcept {
   if (!closed() && !stopped_ && !armed_ && inflight_ == 0) arm();
 }
 
-void Acceptor::on_completion(int res, unsigned flags) noexcept {
+void Acceptor::on_ring_completion(int res, unsigned flags) noexcept {
   // This completion stays counted while the owner's callbacks run, so a
   // close() from inside them cannot free the object under this frame.
   const bool last = !(flags & IORING_CQE_F_MORE);
   if (last) armed_ = false;
   if (res >= 0) {
+    ++loop_.io_stats().accept_cqes;
     if (closed())
       ::close(res);  // accepted after close(): nobody's, so not kept open
     else
@@ -199,7 +200,7 @@ void Acceptor::close_handle() noexcept {
     return;
   }
   if (armed_) {
-    io_uring_prep_cancel64(ring_->sqe(Ring::kIgnore), Ring::tag(this, Ring::kAccept), 0);
+    io_uring_prep_cancel64(ring_->sqe(Ring::kIgnore), Ring::client_tag(this), 0);
     ring_->submit_now();
   }
 }

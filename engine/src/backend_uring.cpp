@@ -15,7 +15,6 @@
 #include <system_error>
 
 #include "ring.hpp"
-#include "shardloop/acceptor.hpp"
 #include "shardloop/loop.hpp"
 #include "shardloop/stream.hpp"
 
@@ -304,7 +303,6 @@ void Ring::harvest() noexcept {
       cqes_.push_back(Completion{cqe->user_data, cqe->res, cqe->flags});
       ++loop_.io_stats().cqes;
       if ((cqe->user_data & kOpMask) == Stream::kRecv && cqe->res > 0) ++loop_.io_stats().recv_cqes;
-      if ((cqe->user_data & kOpMask) == kAccept && cqe->res >= 0) ++loop_.io_stats().accept_cqes;
     } catch (const std::bad_alloc&) {
       break;  // left in the ring for the next pass
     }
@@ -364,9 +362,9 @@ bool Ring::dispatch() noexcept {
       --live_;
       continue;
     }
-    if (op == kAccept) {
+    if (op == kClient) {
       if (!(c.flags & IORING_CQE_F_MORE)) --live_;
-      reinterpret_cast<Acceptor*>(c.user_data & ~kOpMask)->on_completion(c.res, c.flags);
+      reinterpret_cast<RingClient*>(c.user_data & ~kOpMask)->on_ring_completion(c.res, c.flags);
       any = true;
       continue;
     }

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "shardloop/ring_client.hpp"
+
 namespace shardloop {
 
 class Loop;
@@ -55,8 +57,9 @@ class Ring {
   // An SQE whose completion carries `user_data` (kIgnore: counted only).
   io_uring_sqe* sqe(std::uint64_t user_data) noexcept;
   // Tags: the owner's address and, in the low 3 bits, the op: Stream's
-  // ops 1-6, or kAccept, whose address is an Acceptor's.
-  static constexpr unsigned kAccept = 7;
+  // ops 1-6, or kClient, whose address is a RingClient's (an Acceptor's,
+  // a Connector's), which takes the completion itself.
+  static constexpr unsigned kClient = 7;
   static constexpr std::uint64_t kIgnore = 0;
   // Hands what is queued to the kernel now, from inside a callback (the
   // completions it produces are dispatched by the next flush).
@@ -67,6 +70,10 @@ class Ring {
   static std::uint64_t tag(const void* owner, unsigned op) noexcept {
     return reinterpret_cast<std::uintptr_t>(owner) | op;
   }
+  // The tag of `client`'s operations: the address of its RingClient base,
+  // which dispatch() calls (not that of the object deriving from it).
+  static std::uint64_t client_tag(const RingClient* client) noexcept { return tag(client, kClient); }
+  static_assert(alignof(RingClient) > kClient, "the op fits below a RingClient's address");
 
   // The stream has bytes to send: its send is prepared in the next flush.
   void mark_dirty(Stream* stream);

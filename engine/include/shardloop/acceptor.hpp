@@ -11,12 +11,13 @@
 #include <vector>
 
 #include "shardloop/owned_handle.hpp"
+#include "shardloop/ring_client.hpp"
 
 namespace shardloop {
 
 class Ring;
 
-class Acceptor final : public OwnedHandle {
+class Acceptor final : public OwnedHandle, private RingClient {
  public:
   struct Callbacks {
     void* ctx = nullptr;
@@ -45,10 +46,8 @@ class Acceptor final : public OwnedHandle {
   // connections held meanwhile (see place()) first.
   void resume() noexcept;
 
-  // Ring completions (called by Ring only).
-  void on_completion(int res, unsigned flags) noexcept;
-
  private:
+  void on_ring_completion(int res, unsigned flags) noexcept override;
   Acceptor(Loop& loop, Ring* ring, int fd, const Callbacks& callbacks);
   ~Acceptor() override = default;
   uv_handle_t* uv_handle() noexcept override { return nullptr; }  // none: close_handle() is its own
