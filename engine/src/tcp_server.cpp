@@ -10,7 +10,9 @@
 #include <cstring>
 #include <system_error>
 
+#include "shardloop/acceptor.hpp"
 #include "shardloop/fd_watcher.hpp"
+#include "shardloop/timer.hpp"
 
 namespace shardloop {
 
@@ -57,16 +59,24 @@ std::uint16_t bound_port(int fd) {
 }
 
 constexpr int kAcceptBatch = 64;
+// On the ring, out of descriptors: accepting pauses this long (asyncio's
+// and the Python listeners' rule), where epoll's level-triggered poll
+// retries at every iteration.
+constexpr double kAcceptRetryDelay = 1.0;
 
 }  // namespace
 
 struct TcpServer::Shared {
   // One shard's listener: touched only on that shard's thread once set up.
+  // It accepts on the loop's ring when the loop has one (Acceptor: a
+  // multishot accept), else on readiness (an FdWatcher and accept4).
   struct alignas(64) Listener {
     std::atomic<std::uint64_t> accepted{0};
     Shared* owner = nullptr;
     Loop* loop = nullptr;
     FdWatcher* watcher = nullptr;
+    Acceptor* acceptor = nullptr;
+    std::unique_ptr<Timer> retry;  // with `acceptor`: resumes it after an out-of-descriptors stop
     unsigned shard = 0;
     int fd = -1;
     bool closed = false;
@@ -85,6 +95,11 @@ struct TcpServer::Shared {
 
   static void close_listener(Listener& l) noexcept {
     l.closed = true;
+    l.retry.reset();
+    if (l.acceptor) {
+      l.acceptor->release();  // cancels the kernel's accept, submitted now: the socket is ours alone again
+      l.acceptor = nullptr;
+    }
     if (l.watcher) {
       l.watcher->release();  // stops the poll before the fd goes
       l.watcher = nullptr;
@@ -107,8 +122,15 @@ struct TcpServer::Shared {
     Runtime* rt = Runtime::current();
     l.loop = rt->loop_of(st->shard);
     try {
-      l.watcher = FdWatcher::open(*l.loop, l.fd, &Shared::on_accept, &l, /*duplicate=*/false);
-      l.watcher->watch(FdWatcher::kReadable);
+      l.retry = std::make_unique<Timer>(*l.loop, [&l] {
+        if (l.acceptor) l.acceptor->resume();
+      });
+      l.acceptor = Acceptor::open(*l.loop, l.fd, Acceptor::Callbacks{&l, &Shared::on_ring_accept, &Shared::on_ring_error});
+      if (l.acceptor == nullptr) {
+        l.retry.reset();
+        l.watcher = FdWatcher::open(*l.loop, l.fd, &Shared::on_accept, &l, /*duplicate=*/false);
+        l.watcher->watch(FdWatcher::kReadable);
+      }
       // The shard's exit closes the listener and lets go of the server.
       rt->at_exit([shared = st->shared, s = st->shard] { close_listener(shared->listeners[s]); });
     } catch (...) {
@@ -125,16 +147,32 @@ struct TcpServer::Shared {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         break;  // EAGAIN, or out of descriptors: the poll reports it again
       }
-      if (l.owner->nodelay) {
-        int one = 1;
-        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-      }
-      l.accepted.store(l.accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       start(l, fd);
     }
   }
 
+  static void on_ring_accept(void* ctx, int fd) noexcept { start(*static_cast<Listener*>(ctx), fd); }
+
+  // Errors other than running out of descriptors leave the accept armed
+  // (as epoll's path goes on polling); out of them, it stopped and resumes
+  // after kAcceptRetryDelay, with the connections it holds first.
+  static void on_ring_error(void* ctx, int err) noexcept {
+    auto& l = *static_cast<Listener*>(ctx);
+    if (!Acceptor::out_of_resources(err) || l.closed || !l.retry) return;
+    try {
+      l.retry->start(kAcceptRetryDelay);
+    } catch (...) {
+      l.loop->report_error(std::current_exception());
+    }
+  }
+
+  // A new connection (`fd` is ours): counted and served.
   static void start(Listener& l, int fd) noexcept {
+    if (l.owner->nodelay) {
+      int one = 1;
+      ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    l.accepted.store(l.accepted.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     try {
       Connection::start(*l.loop, fd, l.owner->handlers, l.shard);  // closes fd on failure
     } catch (...) {

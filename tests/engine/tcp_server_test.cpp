@@ -1,10 +1,12 @@
 // TcpServer on a Runtime: real sockets, connections spread by SO_REUSEPORT
-// over the shards, every byte echoed by the shard that accepted it; and
+// over the shards, every byte echoed by the shard that accepted it, on
+// each backend (io_uring: accepted by the ring's multishot accept); and
 // the native Timer.
 #include <gtest/gtest.h>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -50,12 +52,15 @@ TEST_P(ServerTest, EchoesOnEveryShard) {
   std::atomic<int> closed{0};
   std::atomic<int> wrong_shard{0};
   std::atomic<int> wrong_backend{0};
+  // Connections the shard's ring accepted, as each new one sees it.
+  std::atomic<std::uint64_t> ring_accepts[2] = {0, 0};
   TcpHandlers h;
   h.on_connection = [&](Connection& c) {
     if (static_cast<int>(c.shard()) != Runtime::this_shard()) ++wrong_shard;
     // The ring exists on exactly the io_uring runs (this kernel has one).
     if ((c.loop().ring() != nullptr) != GetParam()) ++wrong_backend;
     opened[c.shard()].fetch_add(1);
+    ring_accepts[c.shard()].store(c.loop().io_stats().accept_cqes);
   };
   h.on_data = [&](Connection& c, const char* data, std::size_t len) {
     if (static_cast<int>(c.shard()) != Runtime::this_shard()) ++wrong_shard;
@@ -100,8 +105,183 @@ TEST_P(ServerTest, EchoesOnEveryShard) {
   // odds of 2^-199).
   EXPECT_GT(per[0], 0u);
   EXPECT_GT(per[1], 0u);
+  // On io_uring every connection came from the ring's accept; on epoll none.
+  for (unsigned s = 0; s < 2; ++s) EXPECT_EQ(ring_accepts[s].load(), GetParam() ? per[s] : 0u) << "shard " << s;
   std::printf("connections per shard: %llu %llu\n", static_cast<unsigned long long>(per[0]),
               static_cast<unsigned long long>(per[1]));
+}
+
+// `n` bytes that differ with position and with `seed`.
+std::string pattern(std::size_t n, unsigned seed) {
+  std::string s(n, '\0');
+  std::uint32_t x = 2654435761u * (seed + 1);
+  for (char& c : s) {
+    x = x * 1664525u + 1013904223u;
+    c = static_cast<char>(x >> 24);
+  }
+  return s;
+}
+
+// A thousand connections open at once, each sending its own bytes before
+// any echo is read: every byte comes back, in order, on its connection.
+TEST_P(ServerTest, ThousandConnectionsAtOnceEchoByteExact) {
+  Watchdog dog("1000 connections", 60);
+  constexpr int kConns = 1000;
+  Runtime rt(two_shards());
+  std::atomic<int> closed{0};
+  std::atomic<int> errors{0};
+  TcpHandlers h;
+  h.on_data = [](Connection& c, const char* data, std::size_t len) { c.write(data, len); };
+  h.on_close = [&](Connection& c) {
+    if (c.error() != 0) ++errors;
+    if (closed.fetch_add(1) + 1 == kConns) Runtime::current()->stop();
+  };
+  auto server = TcpServer::listen(rt, TcpServer::Options{}, h);
+  int exact = 0;
+  std::thread client([&] {
+    std::vector<int> fds;
+    for (int i = 0; i < kConns; ++i) fds.push_back(connect_to(server->port()));
+    std::vector<std::string> sent;
+    for (int i = 0; i < kConns; ++i) {
+      sent.push_back(pattern(1 + static_cast<std::size_t>(i) * 37 % 9000, static_cast<unsigned>(i)));
+      if (fds[i] < 0 || ::write(fds[i], sent[i].data(), sent[i].size()) != static_cast<ssize_t>(sent[i].size()))
+        continue;
+    }
+    for (int i = 0; i < kConns; ++i) {
+      std::string back;
+      if (fds[i] >= 0 && read_exactly(fds[i], back, sent[i].size()) && back == sent[i]) ++exact;
+    }
+    for (int fd : fds)
+      if (fd >= 0) ::close(fd);
+  });
+  rt.run();
+  client.join();
+  EXPECT_EQ(exact, kConns);
+  EXPECT_EQ(errors.load(), 0);
+  auto per = server->connections_per_shard();
+  EXPECT_EQ(per[0] + per[1], static_cast<std::uint64_t>(kConns));
+}
+
+// Out of descriptors: the accept fails (EMFILE, from a lowered
+// RLIMIT_NOFILE), the server stays up, and once descriptors are back the
+// waiting connection and a new one are served. epoll retries at each
+// iteration; the ring's accept stops and resumes a second later.
+TEST_P(ServerTest, AcceptOutOfDescriptorsDoesNotStopTheServer) {
+  Watchdog dog("accept EMFILE", 30);
+  Runtime rt([&] {
+    Runtime::Options o = shardloop_test::unpinned(1);
+    o.io_uring = GetParam();
+    return o;
+  }());
+  TcpHandlers h;
+  h.on_data = [](Connection& c, const char* data, std::size_t len) { c.write(data, len); };
+  auto server = TcpServer::listen(rt, TcpServer::Options{}, h);
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &saved), 0);
+  std::uint64_t accepted_while_limited = 99, ring_failures = 0;
+  std::string echo_first, echo_second;
+  std::thread client([&] {
+    rt.invoke_on(0, [] {}).get();  // the listener is set up
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(server->port());
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int first = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // No descriptor can be made from here on: the lowest free one is the limit.
+    const int lowest_free = ::dup(0);
+    ::close(lowest_free);
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(lowest_free);
+    EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+    // The kernel completes the handshake; the server's accept fails.
+    EXPECT_EQ(::connect(first, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    Loop* loop = rt.loop_of(0);
+    if (GetParam()) {
+      // The ring's accept took it (above the limit) and held it: EMFILE.
+      while ((ring_failures = rt.invoke_on(0, [loop] { return loop->io_stats().accept_cqes; }).get()) == 0)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    } else {
+      for (int i = 0; i < 20; ++i) rt.invoke_on(0, [] {}).get();  // iterations that tried accept4
+    }
+    accepted_while_limited = server->connections_per_shard()[0];
+    EXPECT_EQ(::setrlimit(RLIMIT_NOFILE, &saved), 0);
+    const std::string a = pattern(5000, 1), b = pattern(7000, 2);
+    EXPECT_EQ(::write(first, a.data(), a.size()), static_cast<ssize_t>(a.size()));
+    read_exactly(first, echo_first, a.size());
+    int second = connect_to(server->port());
+    EXPECT_GE(second, 0);
+    EXPECT_EQ(::write(second, b.data(), b.size()), static_cast<ssize_t>(b.size()));
+    read_exactly(second, echo_second, b.size());
+    ::close(first);
+    ::close(second);
+    rt.stop();
+  });
+  rt.run();
+  client.join();
+  ::setrlimit(RLIMIT_NOFILE, &saved);  // whatever happened above
+  EXPECT_EQ(accepted_while_limited, 0u);
+  if (GetParam()) EXPECT_EQ(ring_failures, 1u);
+  EXPECT_TRUE(echo_first == pattern(5000, 1)) << echo_first.size();
+  EXPECT_TRUE(echo_second == pattern(7000, 2)) << echo_second.size();
+  EXPECT_EQ(server->connections_per_shard()[0], 2u);
+}
+
+// close() while clients keep connecting (and the ring's accept is armed):
+// every connection the server took is served to the end or closed with
+// it; after the close the port refuses; the runtime then shuts down clean.
+TEST_P(ServerTest, CloseDuringConnectionStorm) {
+  Watchdog dog("close during storm", 60);
+  Runtime rt(two_shards());
+  std::atomic<int> opened{0};
+  TcpHandlers h;
+  h.on_connection = [&](Connection&) { opened.fetch_add(1); };
+  h.on_data = [](Connection& c, const char* data, std::size_t len) { c.write(data, len); };
+  auto server = TcpServer::listen(rt, TcpServer::Options{}, h);
+  int echoed = 0, refused_after = 0, burst_echoed = 0, burst_failed = 0;
+  std::thread client([&] {
+    std::vector<int> fds;
+    const std::string msg = pattern(100, 7);
+    for (int i = 0; i < 400; ++i) {
+      if (i == 200) {
+        // A burst the server may be accepting when it closes: each one is
+        // served to the end, or refused or reset (never half-served).
+        std::vector<int> burst;
+        for (int k = 0; k < 50; ++k) burst.push_back(connect_to(server->port()));
+        server->close();
+        for (unsigned s = 0; s < 2; ++s) rt.invoke_on(s, [] {}).get();  // both have closed
+        for (int fd : burst) {
+          std::string back;
+          if (fd >= 0 && ::send(fd, msg.data(), msg.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(msg.size()) &&
+              read_exactly(fd, back, msg.size()) && back == msg)
+            ++burst_echoed;
+          else
+            ++burst_failed;
+          if (fd >= 0) ::close(fd);
+        }
+      }
+      int fd = connect_to(server->port());
+      if (fd < 0) {
+        if (i >= 200 && errno == ECONNREFUSED) ++refused_after;
+        continue;
+      }
+      fds.push_back(fd);
+      std::string back;
+      if (::write(fd, msg.data(), msg.size()) == static_cast<ssize_t>(msg.size()) && read_exactly(fd, back, msg.size()) &&
+          back == msg)
+        ++echoed;
+    }
+    rt.stop();
+    for (int fd : fds) ::close(fd);
+  });
+  rt.run();
+  client.join();
+  EXPECT_EQ(echoed, 200);
+  EXPECT_EQ(refused_after, 200);
+  EXPECT_EQ(burst_echoed + burst_failed, 50);
+  EXPECT_EQ(opened.load(), 200 + burst_echoed);
+  auto per = server->connections_per_shard();
+  EXPECT_EQ(per[0] + per[1], static_cast<std::uint64_t>(200 + burst_echoed));
+  std::printf("burst at close: %d served, %d refused or reset\n", burst_echoed, burst_failed);
 }
 
 // Closing the server stops accepting on every shard; open connections stay
