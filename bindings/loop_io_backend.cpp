@@ -54,7 +54,7 @@ PyObject* loop_io_stats(LoopObject* self, PyObject*) {
       {"direct_sends", s.direct_sends}, {"flushes", s.flushes}, {"enters", s.enters},
       {"cqes", s.cqes}, {"recv_cqes", s.recv_cqes}, {"recv_enobufs", s.recv_enobufs},
       {"recv_rearms", s.recv_rearms}, {"send_sqes", s.send_sqes}, {"short_sends", s.short_sends},
-      {"accept_cqes", s.accept_cqes}, {"buffers", s.buffers},
+      {"accept_cqes", s.accept_cqes}, {"connect_sqes", s.connect_sqes}, {"buffers", s.buffers},
   };
   PyObject* d = PyDict_New();
   if (d == nullptr) return nullptr;

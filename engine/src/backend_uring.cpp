@@ -71,6 +71,7 @@ void require_ops(io_uring* ring) {
   } needed[] = {{IORING_OP_NOP, "io_uring opcode NOP"},
                 {IORING_OP_RECV, "io_uring opcode RECV"},
                 {IORING_OP_SEND, "io_uring opcode SEND"},
+                {IORING_OP_CONNECT, "io_uring opcode CONNECT"},
                 {IORING_OP_ASYNC_CANCEL, "io_uring opcode ASYNC_CANCEL"}};
   for (const auto& n : needed) {
     if (!io_uring_opcode_supported(probe, n.op)) {

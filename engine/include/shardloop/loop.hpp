@@ -48,6 +48,7 @@ struct IoStats {
   std::uint64_t send_sqes = 0;        // ring: send operations submitted
   std::uint64_t short_sends = 0;      // ring: sends the kernel took only part of
   std::uint64_t accept_cqes = 0;      // ring: connections multishot accept took
+  std::uint64_t connect_sqes = 0;     // ring: connects submitted (IORING_OP_CONNECT)
   std::uint64_t buffers = 0;          // ring: provided buffers in the pool now
 };
 
