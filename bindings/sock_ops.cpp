@@ -1,14 +1,18 @@
 #include "sock_ops.hpp"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 
 #include <cerrno>
+#include <cstring>
 #include <system_error>
 #include <vector>
 
 #include "fd_watch.hpp"
 #include "loop_object.hpp"
 #include "loop_upcalls.hpp"
+#include "shardloop/connector.hpp"
 #include "shardloop/sock_op.hpp"
 
 namespace shardloop::py {
@@ -22,6 +26,7 @@ PyObject* ssl_socket_type = nullptr;
 enum class Kind { kRecv, kRecvInto, kRecvFrom, kRecvFromInto, kSendTo, kSendAll, kAccept, kConnect };
 
 struct PySockOp;
+struct RingConnect;
 
 }  // namespace
 
@@ -32,6 +37,7 @@ struct SockOps {
   // another file (the old socket was closed), so it registers again.
   std::vector<PyObject*> owners;
   PySockOp* head = nullptr;  // every waiting call, for clear and traverse
+  RingConnect* connects = nullptr;  // every sock_connect in flight on the ring
 };
 
 namespace {
@@ -367,6 +373,8 @@ bool fresh_owner(SockOps* ops, int fd, PyObject* sock) {
   return true;
 }
 
+bool displace_connect(LoopObject* loop, int fd);
+
 // The call must wait: a future that the engine completes.
 PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObject* a1, PyObject* a2,
                      Py_buffer* view = nullptr, Py_ssize_t sent = 0) {
@@ -425,8 +433,9 @@ PyObject* start_wait(LoopObject* loop, Kind kind, PyObject* sock, int fd, PyObje
   ops->head = op;
   // A second call waiting on the same side replaces the first, as in
   // asyncio: that one's future stays pending. So does an add_reader or
-  // add_writer callback registered there.
+  // add_writer callback registered there, and a connect on the ring.
   if (previous != nullptr) drop_op(static_cast<PySockOp*>(previous));
+  if (side == SockOp::kWrite && ops->connects != nullptr) displace_connect(loop, fd);
   if (fd_watch_take_side(loop, fd, side) < 0) {
     // Cancelling the replaced handle failed: the call still waits.
     PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(loop));
@@ -486,6 +495,232 @@ void PySockOp::on_ready() noexcept {
   Py_DECREF(keep_fut);
 }
 
+// ---- sock_connect on the ring ---------------------------------------------
+//
+// On an io_uring loop a TCP socket's connect is one IORING_OP_CONNECT
+// (engine Connector): the kernel makes the connect(2), waits for the
+// handshake and reports what SO_ERROR would say, with no wait in SockWaits.
+// The call keeps asyncio's rules: it is its fd's writer while in flight
+// (add_writer, remove_writer or another call waiting to write takes over,
+// and its future stays pending), a cancelled call forgets it at once
+// (_sock_forget: the kernel's connect is cancelled, and lets go of the
+// socket, before create_connection closes it), and a socket closed
+// meanwhile answers through its own methods (EBADF), as on epoll.
+
+struct RingConnect {
+  LoopObject* loop;  // borrowed: the loop drops its calls before it goes
+  PyObject* fut;
+  PyObject* sock;
+  PyObject* address;
+  Connector* connector = nullptr;
+  int fd;
+  RingConnect* prev = nullptr;
+  RingConnect* next = nullptr;
+
+  RingConnect(LoopObject* l, PyObject* f, PyObject* s, PyObject* a, int d)
+      : loop(l), fut(Py_NewRef(f)), sock(Py_NewRef(s)), address(Py_NewRef(a)), fd(d) {}
+  ~RingConnect() {
+    Py_DECREF(fut);
+    Py_DECREF(sock);
+    Py_DECREF(address);
+  }
+};
+
+// Out of the loop's list, its connect cancelled (unless it completed), freed.
+void drop_connect(RingConnect* c) noexcept {
+  SockOps* ops = c->loop->sock_ops;
+  if (c->prev) c->prev->next = c->next;
+  if (c->next) c->next->prev = c->prev;
+  if (ops->connects == c) ops->connects = c->next;
+  if (c->connector != nullptr) c->connector->release();
+  delete c;
+}
+
+// A ring connect on `fd` stops being its writer (a newer writer takes
+// over): its future stays pending. True if its future was not done.
+bool displace_connect(LoopObject* loop, int fd) {
+  for (RingConnect* c = loop->sock_ops->connects; c != nullptr; c = c->next) {
+    if (c->fd != fd) continue;
+    PyObject* done = PyObject_CallMethodNoArgs(c->fut, str_done);
+    const bool live = done == nullptr || !PyObject_IsTrue(done);
+    Py_XDECREF(done);
+    PyErr_Clear();
+    drop_connect(c);
+    return live;
+  }
+  return false;
+}
+
+// The exception the epoll path raises for `err`: connect(2)'s own (the
+// socket module's OSError, strerror's message) for what a TCP connect
+// reports at once, and "Connect call failed" (from SO_ERROR after the wait
+// for writability) for what it reports only once the handshake failed.
+// Which errno comes which way is the usual cause's: EHOSTUNREACH after a
+// neighbour that never answered, ENETUNREACH at once for want of a route.
+void set_connect_error(int err, PyObject* address) {
+  const bool later = err == ECONNREFUSED || err == ETIMEDOUT || err == ECONNRESET || err == EHOSTUNREACH;
+  if (!later) {
+    errno = err;
+    PyErr_SetFromErrno(PyExc_OSError);
+    return;
+  }
+  PyObject* msg = PyUnicode_FromFormat("Connect call failed %S", address);
+  if (msg == nullptr) return;
+  PyObject* exc = PyObject_CallFunction(PyExc_OSError, "iO", err, msg);
+  Py_DECREF(msg);
+  if (exc != nullptr) {
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc)), exc);
+    Py_DECREF(exc);
+  }
+}
+
+// From the ring's completion pass (the GIL held, as for stream reads).
+void on_connect_done(void* ctx, int status) noexcept {
+  auto* c = static_cast<RingConnect*>(ctx);
+  LoopObject* loop = c->loop;
+  PyObject* fut = Py_NewRef(c->fut);
+  PyObject* sock = Py_NewRef(c->sock);
+  PyObject* address = Py_NewRef(c->address);
+  const int fd = c->fd;
+  drop_connect(c);  // first: the future's callbacks may start another call on this fd
+  PyObject* done = PyObject_CallMethodNoArgs(fut, str_done);
+  const int is_done = done == nullptr ? -1 : PyObject_IsTrue(done);
+  Py_XDECREF(done);
+  if (is_done != 0) {
+    // Cancelled, not yet forgotten: the socket is connected (or not) all
+    // the same, as it is on epoll once the kernel has finished.
+    if (is_done < 0) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(loop));
+  } else {
+    int now = fileno_of(sock);
+    if (now == -2) PyErr_Clear();
+    PyObject* r;
+    if (now != fd)
+      r = connect_result(sock, address);  // closed meanwhile: its own method says so (EBADF)
+    else if (status == 0)
+      r = Py_NewRef(Py_None);
+    else
+      r = (set_connect_error(-status, address), nullptr);
+    if (r == nullptr) {
+      PyObject* exc = fetch_exception();
+      resolve(loop, fut, str_set_exception, exc);
+      Py_DECREF(exc);
+    } else {
+      resolve(loop, fut, str_set_result, r);
+      Py_DECREF(r);
+    }
+  }
+  Py_DECREF(fut);
+  Py_DECREF(sock);
+  Py_DECREF(address);
+}
+
+// `address` as a sockaddr of `family` when it is what asyncio hands over
+// after resolving (a numeric host, a port in range; IPv6's optional
+// flowinfo and scope id); false for anything else, which the socket's own
+// connect() then converts (or rejects with its own error).
+bool ip_sockaddr(PyObject* address, int family, sockaddr_storage& ss, socklen_t& len) {
+  if (!PyTuple_Check(address)) return false;
+  const Py_ssize_t n = PyTuple_GET_SIZE(address);
+  if (n < 2 || n > (family == AF_INET ? 2 : 4)) return false;
+  PyObject* host = PyTuple_GET_ITEM(address, 0);
+  PyObject* port = PyTuple_GET_ITEM(address, 1);
+  if (!PyUnicode_Check(host) || !PyLong_CheckExact(port)) return false;
+  const char* name = PyUnicode_AsUTF8(host);
+  const long p = PyLong_AsLong(port);
+  if (name == nullptr || p < 0 || p > 65535) {
+    PyErr_Clear();
+    return false;
+  }
+  ss = {};
+  if (family == AF_INET) {
+    auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+    if (::inet_pton(AF_INET, name, &a->sin_addr) != 1) return false;
+    a->sin_family = AF_INET;
+    a->sin_port = htons(static_cast<std::uint16_t>(p));
+    len = sizeof *a;
+    return true;
+  }
+  unsigned long extra[2] = {0, 0};  // flowinfo, scope id
+  for (Py_ssize_t i = 2; i < n; ++i) {
+    PyObject* v = PyTuple_GET_ITEM(address, i);
+    if (!PyLong_CheckExact(v)) return false;
+    extra[i - 2] = PyLong_AsUnsignedLong(v);
+    if (PyErr_Occurred()) {
+      PyErr_Clear();
+      return false;
+    }
+  }
+  if (extra[0] > 0xfffff || extra[1] > 0xffffffffUL) return false;
+  auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (::inet_pton(AF_INET6, name, &a->sin6_addr) != 1) return false;
+  a->sin6_family = AF_INET6;
+  a->sin6_port = htons(static_cast<std::uint16_t>(p));
+  a->sin6_flowinfo = htonl(static_cast<std::uint32_t>(extra[0]));
+  a->sin6_scope_id = static_cast<std::uint32_t>(extra[1]);
+  len = sizeof *a;
+  return true;
+}
+
+// What ring_connect() returns when this connect is not the ring's.
+PyObject* const kDecline = kLater;
+
+// sock_connect of a plain TCP socket on a loop with a ring: a future the
+// Connector's completion resolves; kDecline for everything else (other
+// socket kinds and classes, addresses the socket module must convert, an
+// epoll loop), nullptr with an error raised.
+PyObject* ring_connect(LoopObject* loop, PyObject* sock, int fd, PyObject* address) {
+  if (!native_socket(sock, fd)) return kDecline;
+  int type = 0, domain = 0;
+  socklen_t olen = sizeof type;
+  if (::getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &olen) != 0 || type != SOCK_STREAM) return kDecline;
+  olen = sizeof domain;
+  if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &olen) != 0 || (domain != AF_INET && domain != AF_INET6))
+    return kDecline;
+  sockaddr_storage ss;
+  socklen_t len;
+  if (!ip_sockaddr(address, domain, ss, len)) return kDecline;
+  if (loop->closing || loop->engine->is_closed()) {
+    PyErr_SetString(PyExc_RuntimeError, "Event loop is closed");
+    return nullptr;
+  }
+  if (!check_no_transport(loop, fd)) return nullptr;
+  if (PySys_Audit("socket.connect", "OO", sock, address) < 0) return nullptr;  // as sock.connect() would
+  PyObject* fut = loop_new_future(loop);
+  if (fut == nullptr) return nullptr;
+  auto* c = new (std::nothrow) RingConnect(loop, fut, sock, address, fd);
+  if (c == nullptr) {
+    Py_DECREF(fut);
+    return PyErr_NoMemory();
+  }
+  try {
+    c->connector = Connector::start(*loop->engine, fd, reinterpret_cast<const sockaddr*>(&ss), len,
+                                    Connector::Callbacks{c, &on_connect_done});
+  } catch (...) {
+    delete c;
+    Py_DECREF(fut);
+    set_error_from_cpp();
+    return nullptr;
+  }
+  if (c->connector == nullptr) {  // no ring on this thread (yet)
+    delete c;
+    Py_DECREF(fut);
+    return kDecline;
+  }
+  // It is the fd's writer now, as asyncio's add_writer makes it: whoever
+  // waited to write there (a sock_* call, an add_writer callback, an
+  // earlier connect) is replaced, its future left pending.
+  SockOps* ops = loop->sock_ops;
+  displace_connect(loop, fd);
+  if (ops->waits != nullptr) {
+    if (auto* previous = static_cast<PySockOp*>(ops->waits->waiter(fd, SockOp::kWrite))) drop_op(previous);
+  }
+  c->next = ops->connects;
+  if (ops->connects) ops->connects->prev = c;
+  ops->connects = c;
+  if (fd_watch_take_side(loop, fd, SockOp::kWrite) < 0) PyErr_WriteUnraisable(reinterpret_cast<PyObject*>(loop));
+  return fut;
+}
+
 // The shape shared by every method: checks, one try, else a future.
 PyObject* run_call(LoopObject* self, Kind kind, PyObject* sock, PyObject* a1, PyObject* a2) {
   int fd;
@@ -505,6 +740,7 @@ void sock_ops_clear(LoopObject* loop) {
   SockOps* ops = loop->sock_ops;
   if (ops == nullptr) return;
   while (ops->head != nullptr) drop_op(ops->head);
+  while (ops->connects != nullptr) drop_connect(ops->connects);
   if (ops->waits != nullptr) ops->waits->release();
   ops->waits = nullptr;
   std::vector<PyObject*> owners = std::move(ops->owners);
@@ -519,6 +755,11 @@ int sock_ops_traverse(SockOps* ops, visitproc visit, void* arg) {
     Py_VISIT(op->sock);
     Py_VISIT(op->arg1);
     Py_VISIT(op->arg2);
+  }
+  for (RingConnect* c = ops->connects; c != nullptr; c = c->next) {
+    Py_VISIT(c->fut);
+    Py_VISIT(c->sock);
+    Py_VISIT(c->address);
   }
   return 0;
 }
@@ -538,6 +779,7 @@ void sock_ops_after_fork(LoopObject* loop) {
 
 bool sock_ops_displace(LoopObject* loop, int fd, int side) {
   SockOps* ops = loop->sock_ops;
+  if (side == SockOp::kWrite && ops->connects != nullptr && displace_connect(loop, fd)) return true;
   if (ops->waits == nullptr) return false;
   auto* op = static_cast<PySockOp*>(ops->waits->waiter(fd, static_cast<SockOp::Side>(side)));
   if (op == nullptr) return false;
@@ -606,7 +848,14 @@ PyObject* loop_sock_accept(LoopObject* self, PyObject* const* args, Py_ssize_t n
 
 PyObject* loop_sock_connect(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (!check_args(nargs, 2, 2, "sock_connect")) return nullptr;
-  return run_call(self, Kind::kConnect, args[0], args[1], nullptr);
+  if (self->engine->io_backend() != IoBackend::kIoUring) return run_call(self, Kind::kConnect, args[0], args[1], nullptr);
+  int fd;
+  if (!intern_names() || !check_socket(args[0], &fd)) return nullptr;
+  PyObject* r = ring_connect(self, args[0], fd, args[1]);
+  if (r != kDecline) return r;
+  r = attempt(self, Kind::kConnect, args[0], fd, args[1], nullptr, nullptr, nullptr, false);
+  if (r != kLater) return r;
+  return start_wait(self, Kind::kConnect, args[0], fd, args[1], nullptr);
 }
 
 PyObject* loop_sock_sendall(LoopObject* self, PyObject* const* args, Py_ssize_t nargs) {
@@ -634,8 +883,14 @@ PyObject* loop_sock_forget(LoopObject* self, PyObject* const* args, Py_ssize_t n
     return nullptr;
   }
   SockOps* ops = self->sock_ops;
-  if (ops->waits == nullptr) Py_RETURN_NONE;
   PyObject* fut = args[1];
+  for (RingConnect* c = ops->connects; c != nullptr; c = c->next) {
+    if (c->fut == fut) {
+      drop_connect(c);  // the kernel's connect is cancelled now
+      Py_RETURN_NONE;
+    }
+  }
+  if (ops->waits == nullptr) Py_RETURN_NONE;
   int fd = intern_names() ? fileno_of(args[0]) : -2;
   if (fd == -2) PyErr_Clear();
   for (int side = 0; fd >= 0 && side < 2; ++side) {
