@@ -1,11 +1,12 @@
 """Native echo servers, same load, same core, one run: shardloop's C++ API
-(one shard), a plain C epoll server, Go (GOMAXPROCS=1, when `go` is
+(one shard; on epoll and, here but not in bench.py, on io_uring), a plain C
+epoll server, Go (GOMAXPROCS=1, when `go` is
 installed) and Node.js (when `node` is installed). Closed loop, 1 KiB,
 100 connections by default; server pinned to one CPU, load generator to
 another. Reports req/s and the server's user/system CPU per request
 (/proc/PID/stat), then the cross-shard messaging benchmark.
 
-  python3 perf/native/compare.py --bin-dir build-native/perf/native [--duration 5]
+  python3 perf/native/compare.py --bin-dir build-native/perf/native [--duration 5] [--echo-only]
 
 The functions below are also bench.py's `native` part (`part()`) and the
 native figures of its `shards` part (`prepare()`, `cross_shard()`).
@@ -92,12 +93,16 @@ def prepare(quick, bin_dir=BIN_DIR):
     return _prepared[key]
 
 
-def servers(bin_dir):
+def servers(bin_dir, io_uring=False):
     """(name, argv, env, why not) of every server in the comparison; argv is
     None and `why not` says why when one cannot run here. Go's binary is
-    built here (cached in bin_dir/gocache). Second value: notes (versions)."""
+    built here (cached in bin_dir/gocache). Second value: notes (versions).
+    `io_uring`: the C++ API's server on the io_uring backend too."""
     out, notes = [], []
-    out.append(("shardloop native", [os.path.join(bin_dir, "echo_server"), "--port", "0", "--shards", "1"], None, None))
+    echo = [os.path.join(bin_dir, "echo_server"), "--port", "0", "--shards", "1"]
+    out.append(("shardloop native", echo, None, None))
+    if io_uring:
+        out.append(("shardloop native io_uring", echo + ["--io-uring", "1"], None, None))
     out.append(("plain C epoll", [os.path.join(bin_dir, "plain_epoll_echo"), "0"], None, None))
     go = shutil.which("go")
     if go:
@@ -219,11 +224,12 @@ def main():
     ap.add_argument("--duration", type=float, default=5.0)
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--echo-only", action="store_true", help="skip the cross-shard benchmark")
     args = ap.parse_args()
     cfg = types.SimpleNamespace(connections=args.connections, duration=args.duration, warmup=args.warmup)
     cpus = serverproc.cpu_split()
     loadgen = echo_bench.build_loadgen()
-    found, notes = servers(args.bin_dir)
+    found, notes = servers(args.bin_dir, io_uring=True)
     with open("/proc/loadavg") as f:
         load_before = f.read().split()[:3]
     results = {}
@@ -242,19 +248,20 @@ def main():
     print(f"echo, {args.size} B, {args.connections} connections, {args.duration:g} s; "
           f"server on CPU {sorted(server_cpus or [])}, load on CPU {sorted(load_cpus or [])}; "
           f"load average {' '.join(load_before)} -> {' '.join(load_after)}")
-    print(f"{'server':24} {'req/s':>10} {'user us/req':>12} {'sys us/req':>11} {'p50 us':>8} {'p99 us':>8}")
+    print(f"{'server':26} {'req/s':>10} {'user us/req':>12} {'sys us/req':>11} {'p50 us':>8} {'p99 us':>8}")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:24} {r['error']}")
+            print(f"{name:26} {r['error']}")
         else:
             cpu, lat = r["cpu_us_per_request"], r["latency_us"]
-            print(f"{name:24} {r['value']:10.0f} {cpu['user']:12.3f} {cpu['sys']:11.3f} "
+            print(f"{name:26} {r['value']:10.0f} {cpu['user']:12.3f} {cpu['sys']:11.3f} "
                   f"{lat['p50']:8.1f} {lat['p99']:8.1f}")
     for note in notes:
         print(note)
 
-    cross_result = cross_shard(args.bin_dir)
-    print("cross-shard (2 shards):", json.dumps(cross_result))
+    cross_result = None if args.echo_only else cross_shard(args.bin_dir)
+    if cross_result is not None:
+        print("cross-shard (2 shards):", json.dumps(cross_result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"echo": results, "notes": notes, "load_average": [load_before, load_after],

@@ -1,5 +1,5 @@
 // Echo server on every shard: each read is written straight back.
-//   echo_server [--port P] [--shards N] [--host H]
+//   echo_server [--port P] [--shards N] [--host H] [--io-uring 1]
 #include "serve_main.hpp"
 
 int main(int argc, char** argv) {

@@ -1,4 +1,5 @@
-// Shared by the native example servers: "--port P --shards N" parsing,
+// Shared by the native example servers: "--port P --shards N --host H
+// --io-uring 0|1" parsing,
 // SIGINT/SIGTERM stopping the runtime, and the READY line the benchmark
 // driver waits for. The signals are libuv signal handles on shard 0, not a
 // sigwait() thread: one extra thread puts glibc in multi-threaded mode, and
@@ -26,10 +27,11 @@ inline int serve(int argc, char** argv, const shardloop::TcpHandlers& handlers) 
     if (!std::strcmp(argv[i], "--port")) so.port = static_cast<std::uint16_t>(std::atoi(argv[i + 1]));
     else if (!std::strcmp(argv[i], "--shards")) ro.shards = static_cast<unsigned>(std::atoi(argv[i + 1]));
     else if (!std::strcmp(argv[i], "--host")) so.host = argv[i + 1];
+    else if (!std::strcmp(argv[i], "--io-uring")) ro.io_uring = std::atoi(argv[i + 1]) != 0;
   }
   shardloop::Runtime rt(ro);
   auto server = shardloop::TcpServer::listen(rt, so, handlers);
-  std::printf("READY %u shards=%u pinned=%d\n", server->port(), rt.shard_count(), rt.pinned());
+  std::printf("READY %u shards=%u pinned=%d io_uring=%d\n", server->port(), rt.shard_count(), rt.pinned(), ro.io_uring);
   std::fflush(stdout);
   // Closed with the rest of shard 0's handles when its loop closes.
   static uv_signal_t stop_signals[2];
