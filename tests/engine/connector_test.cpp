@@ -98,6 +98,34 @@ int syn_sent_to(std::uint16_t port) {
   return n;
 }
 
+// A listener whose accept queue is full: the kernel drops further SYNs,
+// so a connect to it stays in progress (SYN_SENT, retrying).
+struct FullListener {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  int fd = -1;
+  int queued = -1;
+  FullListener() {
+    fd = listener(addr, len, 0);
+    // backlog 0 holds one connection; it completes and stays unaccepted.
+    queued = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (::connect(queued, reinterpret_cast<sockaddr*>(&addr), len) != 0) ADD_FAILURE() << std::strerror(errno);
+  }
+  ~FullListener() {
+    ::close(queued);
+    ::close(fd);
+  }
+};
+
+// What a connect to a full listener (one that stays in progress) needs.
+struct InProgress {
+  FullListener full;
+  std::uint16_t port = port_of(full.addr);
+  int fd = tcp_socket();
+  Outcome out;
+  Connector* c = nullptr;
+};
+
 class ConnectorTest : public ::testing::Test, public shardloop_test::StreamHarness {
  protected:
   void SetUp() override {
@@ -115,6 +143,13 @@ class ConnectorTest : public ::testing::Test, public shardloop_test::StreamHarne
         "start");
     out.self = c;
     return c;
+  }
+  // Starts `p`'s connect, which stays in progress, and lets the loop
+  // submit it.
+  void begin(InProgress& p) {
+    p.c = start(p.fd, p.full.addr, p.full.len, p.out);
+    ASSERT_NE(p.c, nullptr);
+    iterations(2);
   }
   void wait_done(Outcome& out) {
     run_until([&] { return out.calls != 0; }, "connect done");
@@ -216,36 +251,13 @@ TEST_F(ConnectorTest, ReleaseFromInsideOnDone) {
   ::close(lfd);
 }
 
-// A listener whose accept queue is full: the kernel drops further SYNs,
-// so a connect to it stays in progress (SYN_SENT, retrying).
-struct FullListener {
-  sockaddr_storage addr{};
-  socklen_t len = 0;
-  int fd = -1;
-  int queued = -1;
-  FullListener() {
-    fd = listener(addr, len, 0);
-    // backlog 0 holds one connection; it completes and stays unaccepted.
-    queued = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (::connect(queued, reinterpret_cast<sockaddr*>(&addr), len) != 0) ADD_FAILURE() << std::strerror(errno);
-  }
-  ~FullListener() {
-    ::close(queued);
-    ::close(fd);
-  }
-};
-
 // Cancelled while the kernel still tries: on_done never runs, and once
 // the owner closes the socket it is gone (the ring no longer holds it).
 TEST_F(ConnectorTest, ReleaseCancelsAConnectInProgress) {
-  FullListener full;
-  ASSERT_GE(full.fd, 0);
-  const std::uint16_t port = port_of(full.addr);
-  int fd = tcp_socket();
-  Outcome out;
-  Connector* c = start(fd, full.addr, full.len, out);
-  ASSERT_NE(c, nullptr);
-  iterations(3);
+  InProgress p;
+  ASSERT_NO_FATAL_FAILURE(begin(p));
+  auto& [full, port, fd, out, c] = p;
+  iterations(1);
   EXPECT_EQ(out.calls, 0);
   EXPECT_EQ(syn_sent_to(port), 1);
   c->release();
@@ -259,14 +271,9 @@ TEST_F(ConnectorTest, ReleaseCancelsAConnectInProgress) {
 // keeps the socket connecting (as a close on epoll would not) until the
 // Connector is released, which cancels it; then the socket is gone.
 TEST_F(ConnectorTest, FdClosedWhileConnectingLastsUntilRelease) {
-  FullListener full;
-  ASSERT_GE(full.fd, 0);
-  const std::uint16_t port = port_of(full.addr);
-  int fd = tcp_socket();
-  Outcome out;
-  Connector* c = start(fd, full.addr, full.len, out);
-  ASSERT_NE(c, nullptr);
-  iterations(2);
+  InProgress p;
+  ASSERT_NO_FATAL_FAILURE(begin(p));
+  auto& [full, port, fd, out, c] = p;
   ::close(fd);
   iterations(2);
   EXPECT_EQ(syn_sent_to(port), 1);  // the ring still holds it
@@ -281,18 +288,14 @@ TEST_F(ConnectorTest, FdClosedWhileConnectingLastsUntilRelease) {
 // connect cancelled; the owner hears nothing), the ring drains, and the
 // owner's release() afterwards frees it.
 TEST_F(ConnectorTest, LoopCloseWithConnectInFlight) {
-  FullListener full;
-  ASSERT_GE(full.fd, 0);
-  int fd = tcp_socket();
-  Outcome out;
-  Connector* c = start(fd, full.addr, full.len, out);
-  ASSERT_NE(c, nullptr);
-  iterations(2);
+  InProgress p;
+  ASSERT_NO_FATAL_FAILURE(begin(p));
+  auto& [full, port, fd, out, c] = p;
   loop_.close();
   EXPECT_EQ(out.calls, 0);
   c->release();
   ::close(fd);
-  EXPECT_EQ(syn_sent_to(port_of(full.addr)), 0);
+  EXPECT_EQ(syn_sent_to(port), 0);
 }
 
 // Many at once, some to a listener and some refused: each hears its own.
