@@ -2,8 +2,8 @@
 // IORING_OP_ACCEPT stays armed, and each of its completions is a new
 // connection, where the readiness path costs an epoll wake-up and an
 // accept4(2) (plus the EAGAIN that ends each batch). Used by Python's
-// create_server listeners on io_uring loops; epoll loops, and kernels
-// without multishot accept, keep accepting on readiness.
+// create_server listeners and the C++ TcpServer on io_uring loops; epoll
+// loops, and kernels without multishot accept, keep accepting on readiness.
 #pragma once
 
 #include <uv.h>
