@@ -22,6 +22,11 @@ Connector* Connector::start(Loop& loop, int fd, const sockaddr* addr, socklen_t 
   io_uring_prep_connect(s, fd, reinterpret_cast<const sockaddr*>(&self->addr_), len);
   self->inflight_ = true;
   ++loop.io_stats().connect_sqes;
+  // Submitted now, not with the iteration's batch: connect(2) sends the SYN
+  // before it returns, and callers rely on that (CPython's
+  // test_sock_client_racing accepts on a blocking listener right after one
+  // sleep(0), which hung until the test's timeout with the SQE still queued).
+  ring->submit_now();
   return self;
 }
 

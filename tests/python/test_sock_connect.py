@@ -157,6 +157,30 @@ def test_connects(cloop, family):
         lst.close()
 
 
+def test_the_syn_is_sent_before_the_next_iteration(cloop):
+    # connect(2) sends the SYN before it returns, so a peer can accept after
+    # one sleep(0) (CPython's test_sock_client_racing does, on a blocking
+    # listener). A ring connect left in the iteration's batch hung there.
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(1)
+    lst.settimeout(5)  # a hang fails the test instead of stopping the suite
+    client = _client(socket.AF_INET)
+
+    async def main():
+        task = asyncio.ensure_future(cloop.sock_connect(client, lst.getsockname()))
+        await asyncio.sleep(0)
+        conn, _ = lst.accept()
+        conn.close()
+        await task
+
+    try:
+        run(cloop, main())
+    finally:
+        client.close()
+        lst.close()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_refused_same_as_asyncio(cloop, family):
     """The same exception class, errno and message as asyncio's
