@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 from asyncio import constants, trsock
 from typing import Any
 
@@ -300,6 +301,14 @@ class TcpTransport(TransportBase, asyncio.Transport):
             self._pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
+        if sys.version_info >= (3, 12):
+            # 3.12's selector transport checks these itself, with its own words.
+            if self._eof:
+                raise RuntimeError("Cannot call writelines() after write_eof()")
+            if self._empty_waiter is not None:
+                raise RuntimeError("unable to writelines; sendfile is in progress")
+            if not list_of_data:
+                return
         self.write(b"".join(list_of_data))
 
     # Called for write errors, and for completed writes only while

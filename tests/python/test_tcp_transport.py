@@ -378,3 +378,21 @@ def test_abort_from_data_received(loop, socks):
         assert len(received) < 4_000_000
 
     run(loop, main())
+
+
+def test_writelines_after_write_eof_says_what_asyncio_says(loop):
+    # 3.12 gave writelines() its own checks and message; 3.11 goes through write().
+    async def scenario(lp):
+        a, b = socket.socketpair()
+        transport, _ = await lp.create_connection(asyncio.Protocol, sock=a)
+        transport.write_eof()
+        try:
+            transport.writelines([])
+            outcome = None
+        except RuntimeError as exc:
+            outcome = str(exc)
+        transport.close()
+        b.close()
+        return outcome
+
+    same_as_asyncio(loop, scenario)
